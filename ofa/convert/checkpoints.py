@@ -64,24 +64,31 @@ def detect_format(path: str | Path) -> str:
     if path.is_file():
         if path.suffix in (".pt", ".pth", ".ckpt") or _is_zip_or_pickle(path):
             return "fairseq"
-        raise CheckpointError(f"{path}: not a checkpoint (expected a folder with config.json or a fairseq .pt file)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected a folder with config.json or a fairseq .pt file)"
+        )
     config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        pts = sorted(path.glob("*.pt"))
-        if len(pts) == 1:
-            return "fairseq"
-        raise CheckpointError(f"{path}: no {CONFIG_NAME} (and not exactly one fairseq .pt file) in this folder")
-    config = _read_json(config_file)
+    config = _read_json(config_file) if config_file.is_file() else {}
     if config.get("model_format") == FORMAT_NAME:
         return "ofa"
-    if config.get("model_type") == "ofa":
+    has_hf_weights = any((path / name).is_file() for name in (WEIGHTS_NAME, INDEX_NAME, "pytorch_model.bin"))
+    if config.get("model_type") == "ofa" and has_hf_weights:
         return "hf"
+    if len(_torch_files(path)) == 1:
+        return "fairseq"
     raise CheckpointError(
-        f"{config_file}: neither our format (model_format={FORMAT_NAME!r}) nor the official HF port (model_type='ofa')"
+        f"{path}: not an OFA checkpoint: expected {CONFIG_NAME} with model_format={FORMAT_NAME!r}, "
+        f"an official HF-port folder (model_type 'ofa' + weights) or exactly one fairseq .pt file"
     )
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[OFAConfig, dict[str, Tensor]]:
+def _torch_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
+
+
+def load_checkpoint(
+    path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[OFAConfig, dict[str, Tensor]]:
     """(config, state dict under our names) from any supported checkpoint. Floating tensors become `dtype`."""
     path = Path(path)
     kind = detect_format(path)
@@ -91,14 +98,16 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
     elif kind == "hf":
         hf_config = _read_json(path / CONFIG_NAME)
         state = _load_hf_weights(path)
-        config = config_from_state(state, _hf_hints(hf_config), source=str(path))
+        config = config_from_state(state, _hf_hints(hf_config), source=str(path), position_idx_tail=768)
     else:
-        file = path if path.is_file() else sorted(path.glob("*.pt"))[0]
+        file = path if path.is_file() else _torch_files(path)[0]
         raw = safe_torch_load(file)
         if not isinstance(raw, Mapping) or "model" not in raw:
-            raise CheckpointError(f"{file}: a fairseq checkpoint holds a dict with a 'model' entry; this one does not")
+            raise CheckpointError(
+                f"{file}: a fairseq checkpoint holds a dict with a 'model' entry; this one does not"
+            )
         state = {_fairseq_to_ours(k): v for k, v in raw["model"].items()}
-        config = config_from_state(state, _fairseq_hints(raw, file), source=str(file))
+        config = config_from_state(state, _fairseq_hints(raw, file), source=str(file), position_idx_tail=769)
         path = file
     state = _clean(state, source=str(path))
     return config, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -126,7 +135,9 @@ def safe_torch_load(file: str | Path) -> Any:
             raise CheckpointError(
                 f"{file}: refuses to unpickle {name}; only tensors and plain containers are loaded"
             ) from None
-        raise CheckpointError(f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {message}") from None
+        raise CheckpointError(
+            f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {message}"
+        ) from None
 
 
 def _is_zip_or_pickle(path: Path) -> bool:
@@ -161,7 +172,9 @@ def _load_safetensors(file: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{file}: not a valid safetensors file (corrupt or truncated?): {err}") from None
+        raise CheckpointError(
+            f"{file}: not a valid safetensors file (corrupt or truncated?): {err}"
+        ) from None
 
 
 def _load_safetensors_folder(folder: Path) -> dict[str, Tensor]:
@@ -213,7 +226,9 @@ def _clean(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     shared = state["encoder.embed_tokens.weight"]
     for alias in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
         if alias in state and not torch.equal(state[alias].to(shared.dtype), shared):
-            raise CheckpointError(f"{source}: {alias} differs from encoder.embed_tokens.weight; OFA ties them")
+            raise CheckpointError(
+                f"{source}: {alias} differs from encoder.embed_tokens.weight; OFA ties them"
+            )
     return {k: v for k, v in state.items() if not _DROPPED.match(k)}
 
 
@@ -275,9 +290,13 @@ def _fairseq_hints(raw: Mapping[str, Any], file: Path) -> dict[str, Any]:
         "decoder_normalize_before": get("decoder_normalize_before", True),
         "scale_embedding": not get("no_scale_embedding", True),
         "attn_scale_factor": get("attn_scale_factor", 2.0),
-        "code_image_size": get("code_image_size", task_args.get("code_image_size", 128) if task_args else 128),
+        "code_image_size": get(
+            "code_image_size", task_args.get("code_image_size", 128) if task_args else 128
+        ),
         "entangle_decoder_positions": not get("disable_entangle", True),
         "image_size": (task_args or {}).get("patch_image_size", 480),
+        "num_codes": (task_args or {}).get("code_dict_size"),
+        "num_bins": (task_args or {}).get("num_bins"),
     }
     return {k: v for k, v in hints.items() if v is not None}
 
@@ -305,8 +324,14 @@ def _count(state: Mapping[str, Tensor], pattern: str) -> int:
     return len(found)
 
 
-def config_from_state(state: Mapping[str, Tensor], hints: dict[str, Any], source: str) -> OFAConfig:
-    """Read the architecture off the weights; take what weights cannot show (heads, rates) from `hints`."""
+def config_from_state(
+    state: Mapping[str, Tensor], hints: dict[str, Any], source: str, position_idx_tail: int = 768
+) -> OFAConfig:
+    """Read the architecture off the weights; take what weights cannot show (heads, rates) from `hints`.
+
+    `position_idx_tail` is the number of trailing entries of the official `decoder.image_position_idx`
+    buffer (768 in the HF port, 769 in fairseq); when the buffer is stored it fixes `code_image_size`.
+    """
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
@@ -364,6 +389,11 @@ def config_from_state(state: Mapping[str, Tensor], hints: dict[str, Any], source
         "resnet_layers": resnet_layers,
         "resnet_width": shape("encoder.embed_images.conv1.weight")[0],
     }
+    if "decoder.image_position_idx" in state:
+        cells = state["decoder.image_position_idx"].numel() - 1 - position_idx_tail
+        grid = math.isqrt(max(cells, 0))
+        if grid * grid == cells and grid > 0:
+            values["code_image_size"] = grid * 8
     if image_bucket * image_bucket + 1 != image_positions:
         raise CheckpointError(f"{source}: embed_image_positions has {image_positions} rows, not B*B+1")
     try:
@@ -396,7 +426,9 @@ def save_checkpoint(
             weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
             total = sum(t.numel() * t.element_size() for t in state.values())
             (staging / INDEX_NAME).write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+                json.dumps(
+                    {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True
+                )
             )
         config_values = {"model_format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict()}
         (staging / CONFIG_NAME).write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n")

@@ -3,4 +3,12 @@
 from .configuration_ofa import PRESETS, ConfigError, OFAConfig
 from .modeling_ofa import DecoderCache, DecoderOutput, EncoderOutput, OFAModel
 
-__all__ = ["PRESETS", "ConfigError", "DecoderCache", "DecoderOutput", "EncoderOutput", "OFAConfig", "OFAModel"]
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "DecoderCache",
+    "DecoderOutput",
+    "EncoderOutput",
+    "OFAConfig",
+    "OFAModel",
+]

@@ -14,6 +14,7 @@ between text positions, 2-D buckets between image positions, nothing across moda
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -199,7 +200,9 @@ class AttentionBias:
 
         def mod(score, b, h, q_idx, k_idx):
             if table is not None:
-                bucket = bucketer(rel_q.kind[b, q_idx], rel_q.coord[b, q_idx], rel_k.kind[b, k_idx], rel_k.coord[b, k_idx])
+                bucket = bucketer(
+                    rel_q.kind[b, q_idx], rel_q.coord[b, q_idx], rel_k.kind[b, k_idx], rel_k.coord[b, k_idx]
+                )
                 score = score + table[bucket, h].to(score.dtype)
             ok = None
             if causal:
@@ -273,8 +276,11 @@ def _flex(q_scaled: Tensor, key: Tensor, value: Tensor, bias: AttentionBias, lay
 
     q = torch.cat([q_scaled, bias.pos_q.to(q_scaled.dtype)], dim=-1)
     k = torch.cat([key, bias.pos_k.to(key.dtype)], dim=-1)
-    fn = _compiled_flex() if q.is_cuda else flex_attention
-    return fn(q, k, value.contiguous(), score_mod=bias.score_mod(layer), scale=1.0)
+    if q.is_cuda:
+        return _compiled_flex()(q, k, value.contiguous(), score_mod=bias.score_mod(layer), scale=1.0)
+    with warnings.catch_warnings():  # on CPU the unfused flex path is expected; it is the reference use here
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, value.contiguous(), score_mod=bias.score_mod(layer), scale=1.0)
 
 
 @lru_cache(maxsize=1)

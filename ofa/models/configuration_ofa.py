@@ -108,7 +108,9 @@ class OFAConfig:
                 f"num_codes={self.num_codes} and num_bins={self.num_bins}"
             )
         if len(self.resnet_layers) != 3 or min(self.resnet_layers) < 1:
-            raise ConfigError(f"resnet_layers must list three positive block counts, got {self.resnet_layers}")
+            raise ConfigError(
+                f"resnet_layers must list three positive block counts, got {self.resnet_layers}"
+            )
         if self.code_image_size % 8 or self.code_image_size // 8 > self.image_bucket_size:
             raise ConfigError(
                 f"code_image_size={self.code_image_size} must be a multiple of 8 whose grid fits "
@@ -171,6 +173,7 @@ class OFAConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path} does not hold a JSON object")
         values.pop("model_format", None)
+        values.pop("format_version", None)
         try:
             return cls.from_dict(values)
         except (TypeError, ConfigError) as err:

@@ -251,13 +251,19 @@ class _PositionBiasMixin(nn.Module):
         self.embed_image_positions = _embedding(config.image_bucket_size**2 + 1, d)
         self.pos_ln = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.image_pos_ln = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.token_rel_pos_table_list = _zero_tables(num_token_buckets(config.token_bucket_size), heads, layers)
-        self.image_rel_pos_table_list = _zero_tables(num_image_buckets(config.image_bucket_size), heads, layers)
+        self.token_rel_pos_table_list = _zero_tables(
+            num_token_buckets(config.token_bucket_size), heads, layers
+        )
+        self.image_rel_pos_table_list = _zero_tables(
+            num_image_buckets(config.image_bucket_size), heads, layers
+        )
         self._bucket_args = (config.token_bucket_size, config.image_bucket_size, config.max_source_positions)
 
     def _bucketer(self, device: torch.device) -> RelativeBucketer:
         token_size, image_size, max_position = self._bucket_args
-        return RelativeBucketer(token_size, image_size, max_position, token_bucket_lut(token_size, max_position, device))
+        return RelativeBucketer(
+            token_size, image_size, max_position, token_bucket_lut(token_size, max_position, device)
+        )
 
     def _tables(self) -> list[Tensor]:
         return [
@@ -280,22 +286,31 @@ class OFAEncoder(_PositionBiasMixin):
         self.config = config
         self.embed_tokens = embed_tokens
         self.embed_scale = d**0.5 if config.scale_embedding else 1.0
-        self.embed_images = ResNetTrunk(config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate)
+        self.embed_images = ResNetTrunk(
+            config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate
+        )
         self.image_proj = nn.Linear(self.embed_images.out_channels, d)
         self.type_embedding = _embedding(2, d) if config.add_type_embedding else None
-        self.layernorm_embedding = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
+        self.layernorm_embedding = (
+            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
+        )
         self.patch_layernorm_embedding = (
             nn.LayerNorm(d, eps=config.layer_norm_eps) if config.patch_layernorm_embedding else None
         )
         self.dropout = nn.Dropout(config.dropout)
-        self._init_positions(config, config.encoder_layers, config.encoder_attention_heads, config.max_source_positions)
+        self._init_positions(
+            config, config.encoder_layers, config.encoder_attention_heads, config.max_source_positions
+        )
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
         rates = linear_rates(config.encoder_drop_path_rate, config.encoder_layers)
         self.layers = nn.ModuleList(
-            OFAEncoderLayer(config, rate, config.encoder_attention_heads, config.encoder_ffn_dim) for rate in rates
+            OFAEncoderLayer(config, rate, config.encoder_attention_heads, config.encoder_ffn_dim)
+            for rate in rates
         )
-        self.layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.encoder_normalize_before else None
+        self.layer_norm = (
+            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.encoder_normalize_before else None
+        )
 
     def _typed(self, x: Tensor, type_id: int, norm: nn.LayerNorm | None) -> Tensor:
         if self.type_embedding is not None:
@@ -336,7 +351,9 @@ class OFAEncoder(_PositionBiasMixin):
         if input_ids is not None:
             b, length = input_ids.shape
             if length > self.config.max_source_positions:
-                raise ValueError(f"text of {length} tokens exceeds max_source_positions={self.config.max_source_positions}")
+                raise ValueError(
+                    f"text of {length} tokens exceeds max_source_positions={self.config.max_source_positions}"
+                )
             text = self.embed_tokens(input_ids) * self.embed_scale
             parts.append(self._typed(text, 0, self.layernorm_embedding))
             pads.append(input_ids.eq(self.config.pad_token_id))
@@ -388,21 +405,28 @@ class OFADecoder(_PositionBiasMixin):
         self.config = config
         self.embed_tokens = embed_tokens
         self.embed_scale = d**0.5 if config.scale_embedding else 1.0
-        self.layernorm_embedding = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
+        self.layernorm_embedding = (
+            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
+        )
         self.code_layernorm_embedding = (
             nn.LayerNorm(d, eps=config.layer_norm_eps) if config.code_layernorm_embedding else None
         )
         self.dropout = nn.Dropout(config.dropout)
-        self._init_positions(config, config.decoder_layers, config.decoder_attention_heads, config.max_target_positions)
+        self._init_positions(
+            config, config.decoder_layers, config.decoder_attention_heads, config.max_target_positions
+        )
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
         rates = linear_rates(config.decoder_drop_path_rate, config.decoder_layers)
         self.layers = nn.ModuleList(
-            OFADecoderLayer(config, rate, config.decoder_attention_heads, config.decoder_ffn_dim) for rate in rates
+            OFADecoderLayer(config, rate, config.decoder_attention_heads, config.decoder_ffn_dim)
+            for rate in rates
         )
-        self.layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.decoder_normalize_before else None
+        self.layer_norm = (
+            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.decoder_normalize_before else None
+        )
 
     def image_position_ids(self, steps: Tensor) -> Tensor:
         """Image position id of each decoder step in code mode: 0 for bos, then the code grid row-major."""
@@ -437,7 +461,9 @@ class OFADecoder(_PositionBiasMixin):
         b, t = input_ids.shape
         device = input_ids.device
         if use_cache and cache is None:
-            mode = torch.zeros(b, dtype=torch.bool, device=device) if code_masks is None else code_masks.bool()
+            mode = (
+                torch.zeros(b, dtype=torch.bool, device=device) if code_masks is None else code_masks.bool()
+            )
             cache = DecoderCache(code_masks=mode.to(device))
         if cache is not None:
             code_masks = cache.code_masks
@@ -474,7 +500,9 @@ class OFADecoder(_PositionBiasMixin):
 
         all_steps = torch.arange(past + t, device=device)
         kind = torch.where(code_masks[:, None], KIND_IMAGE, KIND_TOKEN).expand(b, past + t)
-        coord = torch.where(code_masks[:, None], self.image_position_ids(all_steps)[None, :], all_steps[None, :])
+        coord = torch.where(
+            code_masks[:, None], self.image_position_ids(all_steps)[None, :], all_steps[None, :]
+        )
         self_bias = AttentionBias(
             pos_q=self._split_heads(self.self_pos_q_linear(normed)) * self.pos_scaling,
             pos_k=self_pos_k,
@@ -500,7 +528,14 @@ class OFADecoder(_PositionBiasMixin):
         for index, layer in enumerate(self.layers):
             if self.config.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(
-                    layer, x, self_bias, cross_bias, encoder_out.last_hidden_state, index, None, use_reentrant=False
+                    layer,
+                    x,
+                    self_bias,
+                    cross_bias,
+                    encoder_out.last_hidden_state,
+                    index,
+                    None,
+                    use_reentrant=False,
                 )
             else:
                 x = layer(x, self_bias, cross_bias, encoder_out.last_hidden_state, index, cache)
@@ -571,7 +606,9 @@ class OFAModel(nn.Module):
         output_hidden_states: bool = False,
     ) -> DecoderOutput:
         """Logits for `decoder_input_ids`. With a cache, pass only the new tokens; positions continue from it."""
-        return self.decoder(decoder_input_ids, encoder_out, code_masks, cache, use_cache, output_hidden_states)
+        return self.decoder(
+            decoder_input_ids, encoder_out, code_masks, cache, use_cache, output_hidden_states
+        )
 
     def forward(
         self,
@@ -638,7 +675,9 @@ class OFAModel(nn.Module):
     def state_dict_keys(self) -> set[str]:
         return set(self.state_dict()) - set(self.tied_weights)
 
-    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 2 << 30) -> None:
+    def save_pretrained(
+        self, path: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 2 << 30
+    ) -> None:
         """Write `config.json` + `model.safetensors` (sharded with an index when larger than `max_shard_bytes`)."""
         from ofa.convert.checkpoints import save_checkpoint
 
