@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> dict:
     model = OFAModel(config).to(device)
     prompt, images, target = make_inputs(config, args.batch, args.image_size, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    times: dict[str, dict[str, list[float]]] = {impl: {"train_step": [], "beam5_decode": []} for impl in IMPLEMENTATIONS}
+    times: dict[str, dict[str, list[float]]] = {
+        impl: {"train_step": [], "beam5_decode": []} for impl in IMPLEMENTATIONS
+    }
     for round_index in range(args.rounds + 1):  # round 0 warms up (and compiles flex on GPU)
         for impl in IMPLEMENTATIONS:
             model.set_attn_implementation(impl)
@@ -77,22 +79,32 @@ def run(args: argparse.Namespace) -> dict:
                 if round_index > 0:
                     times[impl][name].append(time.perf_counter() - start)
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "config": {"preset": "tiny", "batch": args.batch, "image_size": args.image_size, "rounds": args.rounds},
+        "config": {
+            "preset": "tiny",
+            "batch": args.batch,
+            "image_size": args.image_size,
+            "rounds": args.rounds,
+        },
         "median_seconds": {
             impl: {k: statistics.median(v) if v else None for k, v in d.items()} for impl, d in times.items()
         },
     }
     eager = result["median_seconds"]["eager"]
     result["ratio_vs_eager"] = {
-        impl: {k: eager[k] / v if v else None for k, v in d.items()} for impl, d in result["median_seconds"].items()
+        impl: {k: eager[k] / v if v else None for k, v in d.items()}
+        for impl, d in result["median_seconds"].items()
     }
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="batch 2, 128 px, 1 round")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=256)

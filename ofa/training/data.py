@@ -1,0 +1,254 @@
+"""The deterministic multi-task training stream and its `LightningDataModule`.
+
+Global sample index ``g`` (0, 1, 2, ...) -> component (task, lang, split) chosen by weight from a sha256 hash
+of ``(seed, g)`` -> source sample ``g`` (``g mod size`` for bounded components) -> `Example`, built with
+``random.Random(hash(seed, g))``. Nothing else is random, so the data position of a run is one integer,
+the number of samples consumed (``global_step * batch_size``), and resuming restarts the stream there.
+
+Global batch layout. Optimizer step ``s`` consumes ``g`` in ``[s*B, (s+1)*B)``. With ``W`` processes and ``A``
+accumulation micro-steps the per-device micro-batch is ``b = B / (W*A)``; micro-step ``k`` of rank ``r`` takes
+``s*B + k*W*b + r*b + [0, b)``. Every layout therefore trains on exactly the same global batch.
+
+Each rank loads its whole accumulation window (``A`` micro-batches) at once so that the token count of the
+window is known before the first backward: the loss is normalised by the token count of the *global* batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ofa.data.sources import WorldSource
+from ofa.data.world import World, WorldConfig
+from ofa.tasks import Batch, Example, Task, collate, get_task
+
+from .recipe import MixtureComponent, Recipe, RecipeError
+
+
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of the parts, identical in every process, machine and Python version."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def make_world(recipe: Recipe, image_size: int) -> World:
+    """The world of a `kind: world` recipe; its image size defaults to the model's input size."""
+    values = {"image_size": image_size, **recipe.data.world}
+    return World(WorldConfig(**values))
+
+
+def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
+    """One task object per task name in the mixture."""
+    tasks = {}
+    for comp in recipe.data.mixture:
+        if comp.task not in tasks:
+            tasks[comp.task] = get_task(comp.task)(
+                tokenizer,
+                image_size=image_size,
+                max_source_length=recipe.data.max_source_length,
+                max_target_length=recipe.data.max_target_length,
+                search=recipe.eval.search.get(comp.task) if search else None,
+            )
+    return tasks
+
+
+class MixtureDataset(Dataset):
+    """Map-style dataset over the global sample index; `dataset[g]` is deterministic in (seed, g)."""
+
+    def __init__(
+        self,
+        components: list[MixtureComponent],
+        tasks: dict[str, Task],
+        world: World,
+        seed: int,
+    ) -> None:
+        self.components = list(components)
+        self.tasks = tasks
+        self.seed = seed
+        self.sources = [WorldSource(world, c.split, c.task, c.lang) for c in self.components]
+        total = sum(c.weight for c in self.components)
+        self._cumulative = []
+        acc = 0.0
+        for c in self.components:
+            acc += c.weight / total
+            self._cumulative.append(acc)
+
+    def component(self, g: int) -> int:
+        """Index of the mixture component that global sample `g` comes from."""
+        u = stable_hash("mixture", self.seed, g) / 2.0**64
+        for i, edge in enumerate(self._cumulative):
+            if u < edge:
+                return i
+        return len(self.components) - 1
+
+    def __getitem__(self, g: int) -> Example:
+        i = self.component(g)
+        comp = self.components[i]
+        index = g % comp.size if comp.size is not None else g
+        sample = self.sources[i][index]
+        rng = random.Random(stable_hash("example", self.seed, g))
+        return self.tasks[comp.task].build(sample, train=True, rng=rng)
+
+
+class WindowSampler(Sampler[list[int]]):
+    """Yields, for one rank, the global indices of its accumulation window of each optimizer step.
+
+    Infinite: the trainer stops at `max_steps`. Starts at optimizer step `start_step`.
+    """
+
+    def __init__(
+        self, batch_size: int, world_size: int, rank: int, accumulate: int, start_step: int = 0
+    ) -> None:
+        if batch_size % (world_size * accumulate):
+            raise RecipeError(
+                f"train.batch_size={batch_size} is not divisible by devices x nodes x accumulate_grad_batches "
+                f"= {world_size} x {accumulate}"
+            )
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.accumulate, self.start_step = accumulate, start_step
+        self.micro = batch_size // (world_size * accumulate)
+
+    def indices(self, step: int) -> list[int]:
+        b, w = self.micro, self.world_size
+        base = step * self.batch_size
+        return [base + k * w * b + self.rank * b + j for k in range(self.accumulate) for j in range(b)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            yield self.indices(step)
+            step += 1
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch plus what the loss needs to know about its accumulation window."""
+
+    batch: Batch
+    index: int  # micro-step within the window, 0 .. accumulate-1
+    accumulate: int
+    window_tokens: int  # non-pad target tokens of this rank's whole window
+    num_samples: int
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.accumulate - 1
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        return MicroBatch(
+            self.batch.to(device), self.index, self.accumulate, self.window_tokens, self.num_samples
+        )
+
+
+class WindowCollate:
+    """Collate one rank's window (accumulate x b examples) into `accumulate` padded micro-batches."""
+
+    def __init__(self, accumulate: int, pad_id: int, bos_id: int) -> None:
+        self.accumulate, self.pad_id, self.bos_id = accumulate, pad_id, bos_id
+
+    def __call__(self, examples: list[Example]) -> list[MicroBatch]:
+        b = len(examples) // self.accumulate
+        tokens = sum(len(e.target) for e in examples)
+        return [
+            MicroBatch(
+                collate(examples[k * b : (k + 1) * b], self.pad_id, self.bos_id),
+                k,
+                self.accumulate,
+                tokens,
+                b,
+            )
+            for k in range(self.accumulate)
+        ]
+
+
+class MicroBatchStream:
+    """Iterable over micro-batches: flattens the DataLoader's windows (what `Trainer.fit` consumes)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        for window in self.loader:
+            yield from window
+
+
+class MixtureDataModule(pl.LightningDataModule):
+    """Training data of a recipe. Its state (saved in checkpoints) is the number of samples consumed."""
+
+    def __init__(self, recipe: Recipe, tokenizer: Any, image_size: int) -> None:
+        super().__init__()
+        if recipe.data.kind != "world":  # pragma: no cover - only kind so far
+            raise RecipeError(f"{recipe.source}: data.kind {recipe.data.kind!r} is not supported")
+        self.recipe = recipe
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.world = make_world(recipe, image_size)
+        self.tasks = make_tasks(recipe, tokenizer, image_size)
+        self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed)
+        self.start_samples = 0  # set from a checkpoint by `load_state_dict`
+
+    # The data position: samples of the stream consumed by finished optimizer steps.
+    def state_dict(self) -> dict[str, Any]:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return {
+            "samples_seen": step * self.recipe.train.batch_size,
+            "batch_size": self.recipe.train.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("batch_size") != self.recipe.train.batch_size:
+            raise RecipeError(
+                f"cannot resume: the checkpoint was trained with batch_size={state.get('batch_size')}, "
+                f"the recipe says {self.recipe.train.batch_size}"
+            )
+        self.start_samples = int(state["samples_seen"])
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, MicroBatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def train_dataloader(self) -> MicroBatchStream:
+        train = self.recipe.train
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = WindowSampler(
+            train.batch_size,
+            world_size,
+            rank,
+            train.accumulate_grad_batches,
+            start_step=self.start_samples // train.batch_size,
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=WindowCollate(
+                train.accumulate_grad_batches, self.tokenizer.pad_id, self.tokenizer.bos_id
+            ),
+            num_workers=self.recipe.data.num_workers,
+            persistent_workers=False,
+            # A private generator: creating the iterator must not draw from the global torch RNG,
+            # or a resumed run's dropout masks would shift.
+            generator=torch.Generator().manual_seed(train.seed),
+        )
+        return MicroBatchStream(loader)
+
+
+__all__ = [
+    "MicroBatch",
+    "MicroBatchStream",
+    "MixtureDataModule",
+    "MixtureDataset",
+    "WindowCollate",
+    "WindowSampler",
+    "make_tasks",
+    "make_world",
+    "stable_hash",
+]

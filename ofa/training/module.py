@@ -1,0 +1,264 @@
+"""`OFALightningModule`: label-smoothed cross entropy, AdamW with a warm-up schedule, resumable RNG state.
+
+Loss. Per micro-batch the summed label-smoothed cross entropy over non-pad target tokens is divided by the
+number of non-pad target tokens of the whole *global* batch (all ranks, all accumulation micro-steps; each
+rank's window count is all-reduced). Lightning divides the returned loss by the accumulation steps and DDP
+averages gradients over ranks, so the returned value is scaled by ``world_size * accumulate`` and the
+gradient is exactly that of the global-batch token mean, whatever the device layout.
+
+Weight decay (AdamW, decoupled) applies to matrices and convolution kernels and the token embedding; not to
+biases, LayerNorm/BatchNorm weights, NormFormer scales (every tensor with fewer than 2 dimensions), nor to the
+other embedding tables: absolute position tables, relative-position bias tables and the type embedding.
+
+Schedule (per optimizer step): linear warm-up from ``lr/warmup`` to ``lr`` over ``warmup_steps``, then
+``cosine`` or ``linear`` decay to ``lr * min_lr_ratio`` at ``max_steps``, or ``constant``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ofa.models import OFAModel
+
+from .data import MicroBatch
+from .recipe import TrainSection
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: with and without weight decay (see the module docstring for the rule)."""
+    token_tables = {id(m.weight) for n, m in model.named_modules() if n.endswith("embed_tokens")}
+    no_decay_tables = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and id(m.weight) not in token_tables
+    }
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or id(p) in no_decay_tables else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_lambda(
+    schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float
+) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        span = max(1, max_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        if schedule == "linear":
+            decay = 1.0 - progress
+        else:
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+    return factor
+
+
+# --------------------------------------------------------------------------------------------- RNG states
+def rng_state_tensors(device: torch.device | None = None) -> dict[str, Tensor]:
+    """This process's RNG states (torch CPU, CUDA of the current device, Python, NumPy) as int64 tensors."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state().to(torch.int64),
+        "python": torch.tensor([py_version, *py_state], dtype=torch.int64),
+        "python_gauss": torch.tensor(
+            [0.0 if py_gauss is None else 1.0, py_gauss or 0.0], dtype=torch.float64
+        ),
+        "numpy": torch.tensor([*np_state[1].tolist(), np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+    }
+    if device is not None and device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device).to(torch.int64)
+    return states
+
+
+def set_rng_state_tensors(states: dict[str, Tensor], device: torch.device | None = None) -> None:
+    """Inverse of `rng_state_tensors`."""
+    torch.set_rng_state(states["torch"].to(torch.uint8).cpu())
+    py = states["python"].tolist()
+    flag, gauss = states["python_gauss"].tolist()
+    random.setstate((int(py[0]), tuple(int(v) for v in py[1:]), gauss if flag else None))
+    npv = states["numpy"].tolist()
+    np.random.set_state(
+        (
+            "MT19937",
+            np.array(npv[:-2], dtype=np.uint32),
+            int(npv[-2]),
+            int(npv[-1]),
+            float(states["numpy_gauss"][0]),
+        )
+    )
+    if "cuda" in states and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"].to(torch.uint8).cpu(), device)
+
+
+class OFALightningModule(pl.LightningModule):
+    """Trains an `OFAModel` on `MicroBatch`es from `MixtureDataModule`."""
+
+    def __init__(
+        self,
+        model: OFAModel,
+        train: TrainSection,
+        pad_id: int,
+        history_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = train
+        self.pad_id = pad_id
+        self.history_path = Path(history_path) if history_path is not None else None
+        self._window_tokens: Tensor | None = None
+        self._window_loss = 0.0
+        self._last_step_time: float | None = None
+        self._pending_rng: dict[str, Tensor] | None = None
+
+    # ---------------------------------------------------------------------------------------- modes
+    def _freeze_batchnorm(self) -> None:
+        """`batchnorm: frozen`: BatchNorm layers normalise with their running statistics while training."""
+        if self.cfg.batchnorm == "frozen":
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                    module.eval()
+
+    # ------------------------------------------------------------------------------------------ loss
+    def token_loss_sum(self, batch: MicroBatch) -> Tensor:
+        """Summed label-smoothed cross entropy over the micro-batch's non-pad target tokens."""
+        b = batch.batch
+        logits = self.model(
+            input_ids=b.input_ids,
+            patch_images=b.patch_images,
+            decoder_input_ids=b.decoder_input_ids,
+            code_masks=b.code_masks,
+            patch_masks=b.patch_masks,
+        )
+        return F.cross_entropy(
+            logits.float().flatten(0, 1),
+            b.target_ids.flatten(),
+            ignore_index=self.pad_id,
+            label_smoothing=self.cfg.label_smoothing,
+            reduction="sum",
+        )
+
+    def training_step(self, batch: MicroBatch, batch_idx: int) -> Tensor:
+        world = self.trainer.world_size
+        self._freeze_batchnorm()  # every step: evaluation or user code may have called .train()
+        if batch.index == 0:
+            tokens = torch.tensor(float(batch.window_tokens), device=self.device, dtype=torch.float64)
+            self._window_tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum").float()
+            self._window_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+            if self._last_step_time is None:
+                self._last_step_time = time.perf_counter()
+        total = self._window_tokens
+        loss_sum = self.token_loss_sum(batch)
+        self._window_loss = self._window_loss + loss_sum.detach().double()
+        if batch.last:
+            self._log_step(total)
+        return loss_sum * (world * batch.accumulate) / total
+
+    def _log_step(self, total_tokens: Tensor) -> None:
+        loss = self.trainer.strategy.reduce(self._window_loss, reduce_op="sum") / total_tokens.double()
+        now = time.perf_counter()
+        elapsed = max(now - (self._last_step_time or now), 1e-9)
+        self._last_step_time = now
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        step = self.trainer.global_step + 1  # the optimizer step this window completes
+        values = {
+            "train/loss": float(loss),
+            "train/lr": float(lr),
+            "train/samples_per_sec": self.cfg.batch_size / elapsed,
+            "train/tokens_per_sec": float(total_tokens) / elapsed,
+        }
+        self.log("train/loss", values["train/loss"], prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/lr", values["train/lr"], prog_bar=True, on_step=True, on_epoch=False)
+        self.log(
+            "train/samples_per_sec",
+            values["train/samples_per_sec"],
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+        )
+        self.log("train/tokens_per_sec", values["train/tokens_per_sec"], on_step=True, on_epoch=False)
+        if self.history_path is not None and self.trainer.is_global_zero:
+            with self.history_path.open("a", encoding="utf-8") as f:
+                f.write(
+                    json.dumps({"step": step, "loss": values["train/loss"], "lr": values["train/lr"]}) + "\n"
+                )
+
+    # ------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.betas[0], cfg.betas[1]),
+            eps=cfg.eps,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every rank's RNG states (as tensors, one row per rank) and the model config (plain dict)."""
+        states = rng_state_tensors(self.device)
+        gathered = {}
+        for key, value in states.items():
+            value = value.to(self.device)
+            rows = self.all_gather(value) if self.trainer.world_size > 1 else value.unsqueeze(0)
+            gathered[key] = rows.cpu()
+        checkpoint["rng_states"] = gathered
+        checkpoint["ofa_config"] = self.model.config.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rows = checkpoint.get("rng_states")
+        if rows is None:
+            return
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rows["torch"].shape[0] != (self.trainer.world_size if self._trainer is not None else 1):
+            self.print("resume: the device layout changed; RNG states are restored from rank 0's")
+            rank = 0
+        self._pending_rng = {k: v[min(rank, v.shape[0] - 1)] for k, v in rows.items()}
+
+    def on_train_start(self) -> None:
+        # Restored as late as possible, so nothing in the set-up draws from the restored streams.
+        if self._pending_rng is not None:
+            set_rng_state_tensors(self._pending_rng, self.device)
+            self._pending_rng = None
+        self._last_step_time = None
+
+
+__all__ = [
+    "OFALightningModule",
+    "lr_lambda",
+    "parameter_groups",
+    "rng_state_tensors",
+    "set_rng_state_tensors",
+]

@@ -1,0 +1,500 @@
+"""Training recipes: one YAML file, loaded into dataclasses with strict validation.
+
+Every key is checked: an unknown key anywhere, or a value of the wrong type, raises `RecipeError` naming the
+file and the dotted key path (``tasks/world/tiny.yaml: train.max_step: unknown key``). Command-line overrides
+are dotted ``key=value`` strings whose values are read as YAML (``train.max_steps=30``, ``train.betas=[0.9,0.98]``,
+``data.mixture.0.weight=2``); they are applied to the raw mapping before validation, so they are checked
+exactly like the file.
+
+Relative paths (``tokenizer.path``, ``model.init_from``, ``train.output_dir``, ``train.resume``) resolve against
+the current directory; ``tokenizer.path`` and ``model.init_from`` fall back to the repository root (the folder
+that holds the ``ofa`` package) when they do not exist there, so the shipped recipes work from anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from ofa.models import OFAConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that cannot describe a training run; one line naming the key and file."""
+
+
+# ------------------------------------------------------------------------------------------------ schema
+@dataclass
+class ModelSection:
+    """The network: an official size (`preset`) and/or explicit `OFAConfig` fields, or a checkpoint to fine-tune.
+
+    Vocabulary fields (`vocab_size`, `num_codes`, `num_bins`, special ids) always come from the tokenizer.
+    With `init_from`, the architecture comes from the checkpoint and `config` may only change
+    regularisation/runtime fields (`INIT_FROM_FIELDS`).
+    """
+
+    preset: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+
+
+@dataclass
+class TokenizerSection:
+    path: str = "tokenizers/world"
+
+
+@dataclass
+class MixtureComponent:
+    """One (task, language) stream of the training mixture, drawn with probability weight / sum(weights).
+
+    `size` bounds the source (sample index = global index mod size): a fixed small data set; None = unbounded.
+    """
+
+    task: str
+    lang: str = "en"
+    weight: float = 1.0
+    split: str = "train"
+    size: int | None = None
+
+
+@dataclass
+class DataSection:
+    """Where samples come from. `kind: world` is the synthetic world (`world`: `WorldConfig` overrides).
+
+    Other kinds (file sources for real data) are added as new `kind` values with their own keys.
+    """
+
+    kind: Literal["world"] = "world"
+    world: dict[str, Any] = field(default_factory=dict)
+    mixture: list[MixtureComponent] = field(default_factory=list)
+    image_size: int | None = None  # None: the model's image_size
+    max_source_length: int = 128
+    max_target_length: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 1000
+    batch_size: int = 32  # global: samples per optimizer step over all devices and accumulation micro-steps
+    accumulate_grad_batches: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.1
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    gradient_checkpointing: bool = False
+    # ResNet BatchNorm: `train` (per-device batch statistics), `sync` (statistics over all devices; GPU only),
+    # `frozen` (running statistics, affine weights still trained: the same maths on any device layout).
+    batchnorm: Literal["train", "sync", "frozen"] = "train"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    seed: int = 0
+    num_threads: int | None = None  # CPU intra-op threads per process (torch.set_num_threads); null: default
+    checkpoint_every: int = 1000
+    eval_every: int = 0  # 0: no periodic evaluation
+    log_every: int = 10
+    output_dir: str = "runs/world-tiny"
+    resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | none | path to a .ckpt
+    export_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    progress_bar: Literal["auto", "rich", "tqdm", "none"] = "auto"
+
+
+@dataclass
+class EvalSection:
+    """Periodic evaluation: `samples` examples per (task, lang) of the mixture, from `split`."""
+
+    split: str = "val"
+    samples: int = 32
+    batch_size: int = 16
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> GenerationConfig overrides
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    source: str = field(default="<recipe>", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping (YAML-serialisable) of the validated recipe, without internal fields."""
+        values = dataclasses.asdict(self)
+        values.pop("source")
+        return values
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+INIT_FROM_FIELDS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "encoder_drop_path_rate",
+        "decoder_drop_path_rate",
+        "resnet_drop_path_rate",
+        "attn_implementation",
+        "gradient_checkpointing",
+    }
+)
+VOCAB_FIELDS = (
+    "vocab_size",
+    "num_codes",
+    "num_bins",
+    "bos_token_id",
+    "pad_token_id",
+    "eos_token_id",
+    "unk_token_id",
+)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (converted where YAML is ambiguous)."""
+    origin = typing.get_origin(tp)
+    fail = RecipeError(f"{where}: {path}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, path, where)
+            except RecipeError:
+                continue
+        raise fail
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:  # YAML reads `precision: 32` as an int
+            if value == choice or (isinstance(value, int | float) and str(value) == choice):
+                return choice
+        raise fail
+    if tp is type(None):
+        if value is None:
+            return None
+        raise fail
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}.{i}", where) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}.{i}", where) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise fail
+        return tuple(_convert(v, a, f"{path}.{i}", where) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail
+        key_tp, val_tp = typing.get_args(tp)
+        return {
+            _convert(k, key_tp, path, where): _convert(v, val_tp, f"{path}.{k}", where)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    raise RecipeError(f"{where}: {path}: unsupported annotation {tp}")  # pragma: no cover
+
+
+def _build(cls: type, values: Any, path: str, where: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: {path or 'recipe'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in values:
+        if key not in fields:
+            dotted = f"{path}.{key}" if path else str(key)
+            raise RecipeError(f"{where}: {dotted}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], dotted, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{where}: {dotted}: required key is missing")
+    return cls(**kwargs)
+
+
+def _check(recipe: Recipe, where: str) -> None:
+    """Cross-field checks that the types alone do not express."""
+    from ofa.data.world import WorldConfig
+
+    model = recipe.model
+    hints = typing.get_type_hints(OFAConfig)
+    for key, value in model.config.items():
+        if key not in hints:
+            raise RecipeError(f"{where}: model.config.{key}: unknown key (not an OFAConfig field)")
+        model.config[key] = _convert(value, hints[key], f"model.config.{key}", where)
+    if model.init_from is not None:
+        for key in model.config:
+            if key not in INIT_FROM_FIELDS:
+                raise RecipeError(
+                    f"{where}: model.config.{key}: cannot change the architecture of model.init_from; "
+                    f"allowed: {', '.join(sorted(INIT_FROM_FIELDS))}"
+                )
+    world_hints = typing.get_type_hints(WorldConfig)
+    for key, value in recipe.data.world.items():
+        if key not in world_hints:
+            raise RecipeError(f"{where}: data.world.{key}: unknown key (not a WorldConfig field)")
+        recipe.data.world[key] = _convert(value, world_hints[key], f"data.world.{key}", where)
+    try:
+        WorldConfig(**recipe.data.world)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where}: data.world: {err}") from None
+    if not recipe.data.mixture:
+        raise RecipeError(f"{where}: data.mixture: needs at least one component")
+    from ofa.tasks import TASKS, get_task
+
+    get_task("caption")  # registers the built-in tasks
+    for i, comp in enumerate(recipe.data.mixture):
+        if comp.task not in TASKS:
+            raise RecipeError(
+                f"{where}: data.mixture.{i}.task: unknown task {comp.task!r} (known: {sorted(TASKS)})"
+            )
+        if comp.lang not in TASKS[comp.task].prompts:
+            raise RecipeError(f"{where}: data.mixture.{i}.lang: {comp.task} has no language {comp.lang!r}")
+        if not comp.weight > 0:
+            raise RecipeError(f"{where}: data.mixture.{i}.weight: must be > 0, got {comp.weight}")
+        if comp.size is not None and comp.size < 1:
+            raise RecipeError(f"{where}: data.mixture.{i}.size: must be >= 1, got {comp.size}")
+    from ofa.generation import GenerationConfig
+
+    search_hints = typing.get_type_hints(GenerationConfig)
+    settable = set(search_hints) - {
+        "generator",
+        "bos_token_id",
+        "pad_token_id",
+        "eos_token_id",
+        "unk_token_id",
+    }
+    for task, settings in recipe.eval.search.items():
+        if task not in TASKS:
+            raise RecipeError(f"{where}: eval.search.{task}: unknown task (known: {sorted(TASKS)})")
+        for key, value in settings.items():
+            if key not in settable:
+                raise RecipeError(
+                    f"{where}: eval.search.{task}.{key}: unknown key (known: {', '.join(sorted(settable))})"
+                )
+            settings[key] = _convert(value, search_hints[key], f"eval.search.{task}.{key}", where)
+    t = recipe.train
+    positive = {
+        "train.max_steps": t.max_steps,
+        "train.batch_size": t.batch_size,
+        "train.accumulate_grad_batches": t.accumulate_grad_batches,
+        "train.num_nodes": t.num_nodes,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.log_every": t.log_every,
+        "eval.batch_size": recipe.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise RecipeError(f"{where}: {key}: must be >= 1, got {value}")
+    for key, value in {
+        "train.warmup_steps": t.warmup_steps,
+        "train.eval_every": t.eval_every,
+        "eval.samples": recipe.eval.samples,
+        "data.num_workers": recipe.data.num_workers,
+    }.items():
+        if value < 0:
+            raise RecipeError(f"{where}: {key}: must be >= 0, got {value}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise RecipeError(f"{where}: train.betas: needs two values in [0, 1), got {t.betas}")
+    if not 0 <= t.label_smoothing < 1:
+        raise RecipeError(f"{where}: train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
+    if isinstance(t.devices, str) and t.devices != "auto":
+        raise RecipeError(f"{where}: train.devices: expected an int or 'auto', got {t.devices!r}")
+    if t.batch_size % t.accumulate_grad_batches:
+        raise RecipeError(
+            f"{where}: train.batch_size={t.batch_size} is not divisible by "
+            f"train.accumulate_grad_batches={t.accumulate_grad_batches}"
+        )
+    if t.resume not in ("auto", "none") and not t.resume.endswith(".ckpt"):
+        raise RecipeError(f"{where}: train.resume: expected auto, none or a .ckpt path, got {t.resume!r}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.max_steps=30"`` -> (["train", "max_steps"], 30); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise RecipeError(
+            f"override {text!r}: value is not valid YAML ({' '.join(str(err).split())})"
+        ) from None
+    return key.split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `values` with each ``key=value`` override set (numeric parts index lists)."""
+    values = copy.deepcopy(values)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = values
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"override {text!r}: {where}: no such list item (list has {len(node)})")
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+            else:
+                raise RecipeError(f"override {text!r}: {'.'.join(parts[:depth])} is not a mapping")
+            if last:
+                node[index] = value
+            else:
+                if isinstance(node, dict) and node.get(index) is None:
+                    node[index] = {}
+                node = node[index]
+    return values
+
+
+def recipe_from_dict(
+    values: dict[str, Any], overrides: list[str] | None = None, source: str = "<recipe>"
+) -> Recipe:
+    """Validate a mapping (plus overrides) into a `Recipe`."""
+    values = apply_overrides(values or {}, list(overrides or []))
+    where = source + (" (with overrides)" if overrides else "")
+    recipe = _build(Recipe, values, "", where)
+    recipe.source = source
+    _check(recipe, where)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe and apply dotted ``key=value`` overrides; raise `RecipeError` on any bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe {path}: {err.strerror or err}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: the recipe must be a mapping of sections")
+    return recipe_from_dict(values, overrides, source=str(path))
+
+
+def resolve_path(path: str | Path, fallback_to_repo: bool = True) -> Path:
+    """A relative path against the current directory, else (if it exists there) the repository root."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists() or not fallback_to_repo:
+        return path
+    candidate = REPO_ROOT / path
+    return candidate if candidate.exists() else path
+
+
+def model_config(recipe: Recipe, tokenizer: Any) -> OFAConfig:
+    """The `OFAConfig` a recipe describes (preset, then `model.config`), vocabulary taken from the tokenizer."""
+    from ofa.models import ConfigError
+
+    vocab = {
+        "vocab_size": tokenizer.vocab_size,
+        "num_codes": tokenizer.num_codes,
+        "num_bins": tokenizer.num_bins,
+        "bos_token_id": tokenizer.bos_id,
+        "pad_token_id": tokenizer.pad_id,
+        "eos_token_id": tokenizer.eos_id,
+        "unk_token_id": tokenizer.unk_id,
+    }
+    for key in VOCAB_FIELDS:
+        if key in recipe.model.config and recipe.model.config[key] != vocab[key]:
+            raise RecipeError(
+                f"{recipe.source}: model.config.{key}={recipe.model.config[key]} disagrees with the tokenizer "
+                f"({vocab[key]}); leave it out, it is set from the tokenizer"
+            )
+    values = {**recipe.model.config, **vocab}
+    if recipe.train.gradient_checkpointing:
+        values["gradient_checkpointing"] = True
+    try:
+        if recipe.model.preset is not None:
+            return OFAConfig.preset(recipe.model.preset, **values)
+        return OFAConfig.from_dict(values)
+    except (ConfigError, TypeError) as err:
+        raise RecipeError(f"{recipe.source}: model: {err}") from None
+
+
+__all__ = [
+    "DataSection",
+    "EvalSection",
+    "MixtureComponent",
+    "ModelSection",
+    "Recipe",
+    "RecipeError",
+    "TokenizerSection",
+    "TrainSection",
+    "apply_overrides",
+    "load_recipe",
+    "model_config",
+    "parse_override",
+    "recipe_from_dict",
+    "resolve_path",
+]

@@ -1,0 +1,253 @@
+"""`train(recipe)`: build the model, data and Lightning `Trainer` a recipe describes, fit, export `final/`.
+
+Output folder (``train.output_dir``)::
+
+    checkpoints/step=000100.ckpt   resumable Lightning checkpoints (atomic, weights-only loadable)
+    train_log.jsonl                one line per optimizer step: {"step", "loss", "lr"} (global rank 0)
+    logs/                          Lightning CSV logs (train/*, eval/*)
+    recipe.yaml                    the validated recipe, overrides applied
+    final/                         config.json + model.safetensors + tokenizer files + recipe.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
+
+from ofa.models import OFAConfig, OFAModel
+from ofa.tokenization import OFATokenizer
+
+from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
+from .data import MixtureDataModule, make_tasks
+from .module import OFALightningModule
+from .recipe import INIT_FROM_FIELDS, VOCAB_FIELDS, Recipe, RecipeError, model_config, resolve_path
+
+PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    global_step: int
+    resumed_from: Path | None
+    is_global_zero: bool = True
+
+
+def load_tokenizer(recipe: Recipe) -> OFATokenizer:
+    path = resolve_path(recipe.tokenizer.path)
+    if not path.exists():
+        raise RecipeError(f"{recipe.source}: tokenizer.path: {path} does not exist")
+    return OFATokenizer.from_pretrained(path)
+
+
+def build_model(recipe: Recipe, tokenizer: OFATokenizer) -> OFAModel:
+    """A fresh model from the recipe's config, or the `model.init_from` checkpoint with runtime overrides."""
+    if recipe.model.init_from is None:
+        return OFAModel(model_config(recipe, tokenizer))
+    from ofa.convert import load_checkpoint
+
+    path = resolve_path(recipe.model.init_from)
+    config, state = load_checkpoint(path)
+    values = config.to_dict()
+    for key in VOCAB_FIELDS:
+        expected = {
+            "vocab_size": tokenizer.vocab_size,
+            "num_codes": tokenizer.num_codes,
+            "num_bins": tokenizer.num_bins,
+            "bos_token_id": tokenizer.bos_id,
+            "pad_token_id": tokenizer.pad_id,
+            "eos_token_id": tokenizer.eos_id,
+            "unk_token_id": tokenizer.unk_id,
+        }[key]
+        if values[key] != expected:
+            raise RecipeError(
+                f"{recipe.source}: model.init_from {path} has {key}={values[key]}, the tokenizer gives {expected}"
+            )
+    values.update({k: v for k, v in recipe.model.config.items() if k in INIT_FROM_FIELDS})
+    if recipe.train.gradient_checkpointing:
+        values["gradient_checkpointing"] = True
+    model = OFAModel(OFAConfig.from_dict(values))
+    model.load_state_dict_strict(state, source=str(path))
+    return model
+
+
+def _strategy(recipe: Recipe) -> Any:
+    t = recipe.train
+    if t.strategy == "fsdp":
+        return "fsdp"
+    single = t.num_nodes == 1 and t.devices == 1
+    if t.strategy == "ddp" or (t.strategy == "auto" and not single):
+        # Some parameters (e.g. the image-code embeddings) are unused by batches without code targets.
+        return DDPStrategy(find_unused_parameters=True)
+    return "auto"
+
+
+def _progress_bar(recipe: Recipe) -> pl.Callback | None:
+    mode = recipe.train.progress_bar
+    if mode == "none":
+        return None
+    if mode == "rich" or (mode == "auto" and sys.stdout.isatty()):
+        try:
+            return RichProgressBar()
+        except (ImportError, ModuleNotFoundError):  # `rich` not installed
+            if mode == "rich":
+                raise RecipeError(
+                    f"{recipe.source}: train.progress_bar: rich needs `pip install rich`"
+                ) from None
+    return TQDMProgressBar(refresh_rate=recipe.train.log_every)
+
+
+def _resume_path(recipe: Recipe, checkpoint_dir: Path) -> Path | None:
+    resume = recipe.train.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(checkpoint_dir)
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise RecipeError(f"{recipe.source}: train.resume: checkpoint {path} does not exist")
+    return path
+
+
+def _trim_history(path: Path, resumed_from: Path | None) -> None:
+    """Drop history lines of steps after the resumed checkpoint (they will be trained again)."""
+    if not path.exists():
+        return
+    keep_until = 0
+    if resumed_from is not None:
+        match = CHECKPOINT_PATTERN.search(resumed_from.name)
+        if match is None:
+            return
+        keep_until = int(match.group(1))
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= keep_until]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_history(output_dir: str | Path) -> dict[int, dict[str, float]]:
+    """`train_log.jsonl` as {step: {"loss", "lr"}} (a step logged twice keeps its last line)."""
+    out: dict[int, dict[str, float]] = {}
+    path = Path(output_dir) / "train_log.jsonl"
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out[int(record.pop("step"))] = record
+    return out
+
+
+def export_final(
+    config: OFAConfig, weights: dict[str, torch.Tensor], tokenizer: OFATokenizer, recipe: Recipe, folder: Path
+) -> None:
+    """Write `folder` in our format: model (config.json + safetensors), tokenizer files, recipe.yaml."""
+    config = dataclasses.replace(config, gradient_checkpointing=False)
+    with torch.device("meta"):
+        model = OFAModel(config)
+    state = {k: v.detach().cpu() for k, v in weights.items() if k not in OFAModel.tied_weights}
+    model.load_state_dict_strict(state, source="trained model")
+    model.save_pretrained(folder, dtype=EXPORT_DTYPES[recipe.train.export_dtype])
+    tokenizer.save_pretrained(folder)
+    (folder / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+
+
+def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
+    """Run (or resume) the training a recipe describes; returns where everything was written."""
+    t = recipe.train
+    if t.num_threads is not None:
+        torch.set_num_threads(t.num_threads)
+    tokenizer = load_tokenizer(recipe)
+    pl.seed_everything(t.seed, workers=False, verbose=False)
+    model = build_model(recipe, tokenizer)
+    image_size = recipe.data.image_size or model.config.image_size
+    datamodule = MixtureDataModule(recipe, tokenizer, image_size)
+
+    output_dir = Path(t.output_dir).expanduser()
+    checkpoint_dir = output_dir / "checkpoints"
+    history = output_dir / "train_log.jsonl"
+    resumed_from = _resume_path(recipe, checkpoint_dir)
+    module = OFALightningModule(model, t, tokenizer.pad_id, history_path=history)
+
+    all_callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="step={step:06d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=t.checkpoint_every,
+            save_top_k=-1,
+            save_last=False,
+            save_on_train_epoch_end=False,
+        )
+    ]
+    if t.eval_every > 0:
+        components = list(dict.fromkeys((c.task, c.lang) for c in recipe.data.mixture))
+        all_callbacks.append(
+            PeriodicEval(
+                t.eval_every,
+                make_tasks(recipe, tokenizer, image_size, search=True),
+                datamodule.world,
+                components,
+                recipe.eval.split,
+                recipe.eval.samples,
+                recipe.eval.batch_size,
+            )
+        )
+    bar = _progress_bar(recipe)
+    if bar is not None:
+        all_callbacks.append(bar)
+    all_callbacks.extend(callbacks or [])
+
+    try:
+        trainer = pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=_strategy(recipe),
+            precision=PRECISIONS[t.precision],
+            max_steps=t.max_steps,
+            max_epochs=-1,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=t.clip_grad_norm or None,
+            gradient_clip_algorithm="norm",
+            sync_batchnorm=t.batchnorm == "sync",
+            log_every_n_steps=t.log_every,
+            callbacks=all_callbacks,
+            logger=CSVLogger(output_dir, name="logs"),
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,
+            enable_progress_bar=bar is not None,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=output_dir,
+        )
+    except Exception as err:  # Lightning's MisconfigurationException & co: one clear line
+        if isinstance(err, RecipeError):
+            raise
+        raise RecipeError(f"{recipe.source}: train: {' '.join(str(err).split())}") from None
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        _trim_history(history, resumed_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
+
+    state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP
+    final = output_dir / "final"
+    if trainer.is_global_zero:
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        export_final(module.model.config, weights, tokenizer, recipe, final)
+    trainer.strategy.barrier()
+    return TrainResult(output_dir, final, trainer.global_step, resumed_from, trainer.is_global_zero)
+
+
+__all__ = ["TrainResult", "build_model", "export_final", "load_tokenizer", "read_history", "train"]
