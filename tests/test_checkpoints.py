@@ -42,7 +42,12 @@ def write_fairseq(model: OFAModel, file, heads_in_cfg: bool = True) -> None:
     if heads_in_cfg:
         args.encoder_attention_heads = args.decoder_attention_heads = model.config.encoder_attention_heads
     torch.save(
-        {"model": state, "cfg": {"model": args, "task": {"patch_image_size": 64, "code_dict_size": 64, "num_bins": 40}}, "extra_state": {}}, file
+        {
+            "model": state,
+            "cfg": {"model": args, "task": {"patch_image_size": 64, "code_dict_size": 64, "num_bins": 40}},
+            "extra_state": {},
+        },
+        file,
     )
 
 

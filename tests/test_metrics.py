@@ -36,7 +36,7 @@ def _cider_d(preds: dict, refs: dict, n_max: int = 4, sigma: float = 6.0) -> flo
 
     def grams(s: str, n: int) -> Counter:
         w = s.split()
-        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+        return Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
 
     ids = list(preds)
     n_img = len(ids)
@@ -67,8 +67,12 @@ def _cider_d(preds: dict, refs: dict, n_max: int = 4, sigma: float = 6.0) -> flo
 
 
 def test_bleu_identical_is_one_and_keys():
-    m = caption_metrics({1: "a small red circle left of a star"}, {1: ["a small red circle left of a star"]},
-                        meteor=False, spice=False)
+    m = caption_metrics(
+        {1: "a small red circle left of a star"},
+        {1: ["a small red circle left of a star"]},
+        meteor=False,
+        spice=False,
+    )
     assert set(m) == {"CIDEr", "BLEU-4", "ROUGE-L"}
     assert m["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
     assert m["ROUGE-L"] == pytest.approx(1.0)
@@ -109,15 +113,20 @@ def test_english_tokenisation_lowercases_and_drops_punctuation():
 def test_chinese_character_tokenisation():
     assert tokenize_zh_chars("一个 红色的圆形。") == "一 个 红 色 的 圆 形"
     assert tokenize_zh_chars("图中有：两个“蓝色”正方形，和 AB!") == "图 中 有 两 个 蓝 色 正 方 形 和 a b"
-    m = caption_metrics({1: "一个红色圆形", 2: "两个蓝色的正方形"}, {1: ["一个 红色，圆形。"], 2: ["两个蓝色的正方形"]},
-                        lang="zh")
+    m = caption_metrics(
+        {1: "一个红色圆形", 2: "两个蓝色的正方形"},
+        {1: ["一个 红色，圆形。"], 2: ["两个蓝色的正方形"]},
+        lang="zh",
+    )
     assert set(m) == {"CIDEr", "BLEU-4", "ROUGE-L"}  # no METEOR / SPICE for Chinese
     assert m["BLEU-4"] == pytest.approx(1.0, abs=1e-6) and m["ROUGE-L"] == pytest.approx(1.0)
     # character CIDEr-D equals the formula on the character-tokenised text
     preds = {1: "一个红色圆形", 2: "蓝色正方形"}
     refs = {1: ["一个红色的圆形", "红色圆形"], 2: ["两个蓝色的正方形"]}
     tok = tokenize_zh_chars
-    expected = _cider_d({k: tok(v) for k, v in preds.items()}, {k: [tok(r) for r in v] for k, v in refs.items()})
+    expected = _cider_d(
+        {k: tok(v) for k, v in preds.items()}, {k: [tok(r) for r in v] for k, v in refs.items()}
+    )
     assert caption_metrics(preds, refs, lang="zh")["CIDEr"] == pytest.approx(expected, rel=1e-9)
 
 
@@ -125,14 +134,20 @@ def test_chinese_character_tokenisation():
 def test_meteor_english_only_and_sane():
     # one METEOR call (the jar takes ~10 s to load its paraphrase table)
     refs = {1: ["a small red circle"], 2: ["two blue squares and a star"], 3: ["a green cross"]}
-    m = caption_metrics({1: "a small red circle", 2: "two blue squares and a star", 3: "dog"}, refs, spice=False)
+    m = caption_metrics(
+        {1: "a small red circle", 2: "two blue squares and a star", 3: "dog"}, refs, spice=False
+    )
     assert set(m) == {"CIDEr", "BLEU-4", "METEOR", "ROUGE-L"}
     assert 0.3 < m["METEOR"] < 1.0
 
 
 def test_empty_caption_does_not_crash():
-    m = caption_metrics({1: "", 2: "two blue squares"}, {1: ["a red circle"], 2: ["two blue squares"]},
-                        meteor=False, spice=False)
+    m = caption_metrics(
+        {1: "", 2: "two blue squares"},
+        {1: ["a red circle"], 2: ["two blue squares"]},
+        meteor=False,
+        spice=False,
+    )
     assert m["ROUGE-L"] == pytest.approx(0.5) and m["CIDEr"] >= 0.0
 
 
@@ -141,8 +156,12 @@ def test_no_java(monkeypatch):
     with pytest.raises(RuntimeError, match="METEOR needs Java"):
         caption_metrics({1: "a red circle"}, {1: ["a red circle"]}, spice=False)
     with pytest.warns(RuntimeWarning, match="pure-Python"):
-        m = caption_metrics({1: "A small red circle, left of a star."}, {1: ["a small red circle left of a star"]},
-                            meteor=False, spice=False)
+        m = caption_metrics(
+            {1: "A small red circle, left of a star."},
+            {1: ["a small red circle left of a star"]},
+            meteor=False,
+            spice=False,
+        )
     assert m["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
 
 
@@ -190,8 +209,11 @@ def test_object_f1_wildcard_does_not_steal_exact_match():
     refs = [[("small", "red", "circle"), ("large", "red", "circle")]]
     assert object_f1(preds, refs)["object_f1"] == 1.0
     assert object_f1([[]], [[]])["object_f1"] == 1.0
-    assert object_f1([[]], [[("small", "red", "circle")]]) == {"object_precision": 0.0, "object_recall": 0.0,
-                                                                "object_f1": 0.0}
+    assert object_f1([[]], [[("small", "red", "circle")]]) == {
+        "object_precision": 0.0,
+        "object_recall": 0.0,
+        "object_f1": 0.0,
+    }
 
 
 def test_world_caption_f1():
@@ -202,8 +224,10 @@ def test_world_caption_f1():
     for lang in ("en", "zh"):
         caps = [s.captions[lang][0] for s in scenes]
         assert world_caption_f1(caps, [s.objects for s in scenes], lang)["object_f1"] == 1.0
-    objs = [WorldObject("circle", "red", "small", (0, 0, 5, 5), (2.5, 2.5), 5.0, 0.0, (255, 0, 0)).to_dict(),
-            {"size": "large", "colour": "blue", "shape": "star"}]
+    objs = [
+        WorldObject("circle", "red", "small", (0, 0, 5, 5), (2.5, 2.5), 5.0, 0.0, (255, 0, 0)).to_dict(),
+        {"size": "large", "colour": "blue", "shape": "star"},
+    ]
     m = world_caption_f1(["a red circle and two large blue stars"], [objs], "en")  # TP 2 of 3 said, 2 real
     assert m["object_precision"] == pytest.approx(2 / 3) and m["object_recall"] == 1.0
     m = world_caption_f1(["一个红色圆形和一个小的蓝色星形"], [objs], "zh")
@@ -220,20 +244,24 @@ def test_box_iou_hand_made():
     assert isinstance(iou, np.ndarray)
     np.testing.assert_allclose(iou, [1.0, 0.0, 1 / 3, 1 / 2])
     t = box_iou(torch.tensor(a, dtype=torch.float32), torch.tensor(b))
-    assert isinstance(t, torch.Tensor) and torch.allclose(t, torch.tensor([1.0, 0.0, 1 / 3, 0.5], dtype=t.dtype))
+    assert isinstance(t, torch.Tensor) and torch.allclose(
+        t, torch.tensor([1.0, 0.0, 1 / 3, 0.5], dtype=t.dtype)
+    )
     np.testing.assert_allclose(box_iou([0, 0, 4, 4], [1, 1, 3, 3]), [0.25])  # a single box, nested
 
 
 def test_grounding_threshold_edge_and_garbage():
     gt = np.array([[0, 0, 2, 1]] * 6, dtype=float)
-    pred = np.array([
-        [0, 0, 1, 1],  # IoU exactly 0.5 -> a hit (inclusive, as OFA)
-        [0, 0, 2, 1],  # IoU 1
-        [np.nan, 0, 2, 1],  # garbage -> 0
-        [2, 0, 0, 1],  # x1 < x0 -> 0 (its "area" would be negative)
-        [0, 0, np.inf, 1],  # -> 0
-        [1, 1, 1, 1],  # zero area -> 0
-    ])
+    pred = np.array(
+        [
+            [0, 0, 1, 1],  # IoU exactly 0.5 -> a hit (inclusive, as OFA)
+            [0, 0, 2, 1],  # IoU 1
+            [np.nan, 0, 2, 1],  # garbage -> 0
+            [2, 0, 0, 1],  # x1 < x0 -> 0 (its "area" would be negative)
+            [0, 0, np.inf, 1],  # -> 0
+            [1, 1, 1, 1],  # zero area -> 0
+        ]
+    )
     iou = box_iou(pred, gt)
     np.testing.assert_array_equal(iou, [0.5, 1.0, 0.0, 0.0, 0.0, 0.0])
     m = grounding_metrics(pred, gt)
@@ -249,20 +277,30 @@ def test_grounding_threshold_edge_and_garbage():
 
 
 def test_recall_at_k_many_to_many_with_ties():
-    sim = torch.tensor([
-        [0.1, 0.9, 0.5, 0.3],  # positives {2, 3}: ranking 1,2,3,0 -> best positive at rank 2
-        [0.5, 0.5, 0.2, 0.5],  # positive {3}: ties keep gallery order 0,1,3,2 -> rank 3
-        [0.0, 0.0, 0.0, 1.0],  # positives {0, 3}: rank 1
-    ])
+    sim = torch.tensor(
+        [
+            [0.1, 0.9, 0.5, 0.3],  # positives {2, 3}: ranking 1,2,3,0 -> best positive at rank 2
+            [0.5, 0.5, 0.2, 0.5],  # positive {3}: ties keep gallery order 0,1,3,2 -> rank 3
+            [0.0, 0.0, 0.0, 1.0],  # positives {0, 3}: rank 1
+        ]
+    )
     m = recall_at_k(sim, [{2, 3}, {3}, {0, 3}], ks=(1, 2, 3))
     assert m["R@1"] == pytest.approx(100 / 3) and m["R@2"] == pytest.approx(200 / 3) and m["R@3"] == 100.0
     assert m["mean_recall"] == pytest.approx((1 / 3 + 2 / 3 + 1) / 3 * 100)
     m = recall_at_k(sim, [{2, 3}, {3}, {0, 3}])  # default ks; k > gallery -> whole gallery
-    assert m == {"R@1": pytest.approx(100 / 3), "R@5": 100.0, "R@10": 100.0, "mean_recall": pytest.approx(700 / 9)}
-    assert recall_at_k(sim, [set(), {3}, {0}], ks=(1, 4))["R@4"] == pytest.approx(200 / 3)  # no positive = miss
+    assert m == {
+        "R@1": pytest.approx(100 / 3),
+        "R@5": 100.0,
+        "R@10": 100.0,
+        "mean_recall": pytest.approx(700 / 9),
+    }
+    assert recall_at_k(sim, [set(), {3}, {0}], ks=(1, 4))["R@4"] == pytest.approx(
+        200 / 3
+    )  # no positive = miss
     # row-chunked sorting gives the same answer
-    assert recall_at_k(sim, [{2, 3}, {3}, {0, 3}], ks=(1, 2, 3), chunk=1) == recall_at_k(sim, [{2, 3}, {3}, {0, 3}],
-                                                                                         ks=(1, 2, 3))
+    assert recall_at_k(sim, [{2, 3}, {3}, {0, 3}], ks=(1, 2, 3), chunk=1) == recall_at_k(
+        sim, [{2, 3}, {3}, {0, 3}], ks=(1, 2, 3)
+    )
 
 
 def test_retrieval_metrics_i2t_queries_are_annotated_images_only():
@@ -282,19 +320,31 @@ def test_retrieval_metrics_i2t_queries_are_annotated_images_only():
 
 
 def test_chinese_clip_official_recall_fixture():
-    d = require(shared_dir() / "fixtures" / "chinese_clip_reference" / "retrieval_eval", "Chinese-CLIP retrieval fixture")
+    d = require(
+        shared_dir() / "fixtures" / "chinese_clip_reference" / "retrieval_eval",
+        "Chinese-CLIP retrieval fixture",
+    )
 
     def rows(name: str) -> list[dict]:
         return [json.loads(line) for line in (d / name).read_text().splitlines() if line.strip()]
 
-    imgs, txts, ann = rows("valid_imgs.img_feat.jsonl"), rows("valid_texts.txt_feat.jsonl"), rows("valid_texts.jsonl")
+    imgs, txts, ann = (
+        rows("valid_imgs.img_feat.jsonl"),
+        rows("valid_texts.txt_feat.jsonl"),
+        rows("valid_texts.jsonl"),
+    )
     m = retrieval_metrics(
-        torch.tensor([t["feature"] for t in txts]), torch.tensor([i["feature"] for i in imgs]),
-        {a["text_id"]: a["image_ids"] for a in ann}, [t["text_id"] for t in txts], [i["image_id"] for i in imgs],
+        torch.tensor([t["feature"] for t in txts]),
+        torch.tensor([i["feature"] for i in imgs]),
+        {a["text_id"]: a["image_ids"] for a in ann},
+        [t["text_id"] for t in txts],
+        [i["image_id"] for i in imgs],
     )
     for prefix, name in (("t2i", "expected_t2i.json"), ("i2t", "expected_i2t.json")):
         exp = json.loads((d / name).read_text())["scoreJson"]
-        got = {k: m[f"{prefix}_{k2}"] for k, k2 in (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"),
-                                                    ("mean_recall", "mean_recall"))}
+        got = {
+            k: m[f"{prefix}_{k2}"]
+            for k, k2 in (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("mean_recall", "mean_recall"))
+        }
         assert got == {k: exp[k] for k in got}, (prefix, got, exp)  # exact, not approximate
     assert not math.isnan(m["t2i_mean_recall"])

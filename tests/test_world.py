@@ -41,7 +41,9 @@ def scenes():
     return [s for split in ("train", "heldout") for s in WORLD.iter(split, N_SCENES)]
 
 
-def make_obj(shape: str, colour: str, size: str, cx: float, cy: float, extent: float | None = None) -> WorldObject:
+def make_obj(
+    shape: str, colour: str, size: str, cx: float, cy: float, extent: float | None = None
+) -> WorldObject:
     extent = extent or (20.0 if size == "small" else 40.0)
     box = pixel_box(float_box(shape, cx, cy, extent, 0.0))
     return WorldObject(shape, colour, size, box, (cx, cy), extent, 0.0, (200, 30, 30))
@@ -86,9 +88,11 @@ def test_objects_inside_and_disjoint(scenes):
             x0, y0, x1, y1 = o.box
             assert 0 <= x0 < x1 <= n and 0 <= y0 < y1 <= n
         for i, a in enumerate(s.objects):
-            for b in s.objects[i + 1:]:
+            for b in s.objects[i + 1 :]:
                 # at least one pixel of background between any two boxes
-                assert a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1]
+                assert (
+                    a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1]
+                )
         assert [o.cx for o in s.objects] == sorted(o.cx for o in s.objects)
 
 
@@ -108,7 +112,9 @@ def test_boxes_are_tight(scenes):
             rgb = np.array(o.rgb, float)
             X0, Y0, X1, Y1 = max(0, x0 - 1), max(0, y0 - 1), min(n, x1 + 1), min(n, y1 + 1)
             # pixels at least ~half covered by the object's colour, in the box grown by 1 px
-            ys, xs = np.nonzero(np.linalg.norm(img[Y0:Y1, X0:X1] - rgb, axis=-1) < 0.5 * np.linalg.norm(rgb - bg))
+            ys, xs = np.nonzero(
+                np.linalg.norm(img[Y0:Y1, X0:X1] - rgb, axis=-1) < 0.5 * np.linalg.norm(rgb - bg)
+            )
             xs, ys = xs + X0, ys + Y0
             assert len(xs) > 0
             assert xs.min() >= x0 and ys.min() >= y0 and xs.max() < x1 and ys.max() < y1, (o, s.index)
@@ -135,8 +141,10 @@ _ZH_REL = {"左边": "left", "右边": "right", "上面": "above", "下面": "be
 def box_rel(a: WorldObject, b: WorldObject, rel: str) -> bool:
     """Plain geometric reading: a's box lies entirely on that side of b's box."""
     return {
-        "left": a.box[2] <= b.box[0], "right": a.box[0] >= b.box[2],
-        "above": a.box[3] <= b.box[1], "below": a.box[1] >= b.box[3],
+        "left": a.box[2] <= b.box[0],
+        "right": a.box[0] >= b.box[2],
+        "above": a.box[3] <= b.box[1],
+        "below": a.box[1] >= b.box[3],
     }[rel]
 
 
@@ -154,7 +162,10 @@ def check_caption(caption: str, lang: str, objects: list[WorldObject]) -> None:
     if rel:
         a_t, b_t = mentions[0], mentions[1]
         assert any(
-            box_rel(a, b, rel) for a in objects for b in objects if a is not b and a.triple == a_t and b.triple == b_t
+            box_rel(a, b, rel)
+            for a in objects
+            for b in objects
+            if a is not b and a.triple == a_t and b.triple == b_t
         ), caption
     if ltr:
         assert mentions == [o.triple for o in sorted(objects, key=lambda o: o.cx)]
@@ -175,15 +186,28 @@ def test_every_caption_is_true(scenes):
 
 def test_parse_mentions_examples():
     assert parse_mentions("two small red circles and a large blue star", "en") == [
-        ("small", "red", "circle"), ("small", "red", "circle"), ("large", "blue", "star")]
-    assert parse_mentions("a small red circle to the left of a large blue star, and also three large black crosses", "en") == [
-        ("small", "red", "circle"), ("large", "blue", "star")] + [("large", "black", "cross")] * 3
+        ("small", "red", "circle"),
+        ("small", "red", "circle"),
+        ("large", "blue", "star"),
+    ]
+    assert (
+        parse_mentions(
+            "a small red circle to the left of a large blue star, and also three large black crosses", "en"
+        )
+        == [("small", "red", "circle"), ("large", "blue", "star")] + [("large", "black", "cross")] * 3
+    )
     assert parse_mentions("there are 2 big green hexagons and one cyan diamond", "en") == [
-        ("large", "green", "hexagon")] * 2 + [(None, "cyan", "diamond")]
+        ("large", "green", "hexagon")
+    ] * 2 + [(None, "cyan", "diamond")]
     assert parse_mentions("两个小的红色圆形和一个大的蓝色星形", "zh") == [
-        ("small", "red", "circle"), ("small", "red", "circle"), ("large", "blue", "star")]
-    assert parse_mentions("一个小的红色圆形在大的蓝色星形的左边，还有三个黑色的大十字形", "zh") == [
-        ("small", "red", "circle"), ("large", "blue", "star")] + [("large", "black", "cross")] * 3
+        ("small", "red", "circle"),
+        ("small", "red", "circle"),
+        ("large", "blue", "star"),
+    ]
+    assert (
+        parse_mentions("一个小的红色圆形在大的蓝色星形的左边，还有三个黑色的大十字形", "zh")
+        == [("small", "red", "circle"), ("large", "blue", "star")] + [("large", "black", "cross")] * 3
+    )
     assert parse_mentions("三个物体：一个紫色正方形", "zh") == [(None, "purple", "square")]
     assert parse_mentions("a picture of nothing", "en") == []
 
@@ -194,7 +218,7 @@ def test_parse_mentions_roundtrips_all_templates(lang):
     triples = [(sz, c, sh) for sh in SHAPE_NAMES for c in COLOUR_NAMES for sz in ("small", "large")]
     seen_templates = set()
     for k in range(0, len(triples), 3):
-        group = triples[k:k + 3]
+        group = triples[k : k + 3]
         objs = [make_obj(sh, c, sz, 20 + 30 * i, 20 + 30 * i) for i, (sz, c, sh) in enumerate(group)]
         objs.append(make_obj(group[0][2], group[0][1], group[0][0], 110, 110))  # a duplicate -> counts
         for caps_objs in (objs, objs[:1], objs[:2]):
@@ -210,8 +234,16 @@ def test_parse_mentions_roundtrips_all_templates(lang):
 _SIZE_ZH = {"大": "large", "小": "small"}
 _ZH_COLOUR = {v: k for k, v in COLOUR_ZH.items()}
 _ZH_SHAPE = {v: k for k, v in SHAPE_ZH.items()}
-_DIR = {"left": "left", "right": "right", "top": "top", "bottom": "bottom",
-        "左": "left", "右": "right", "上": "top", "下": "bottom"}
+_DIR = {
+    "left": "left",
+    "right": "right",
+    "top": "top",
+    "bottom": "bottom",
+    "左": "left",
+    "右": "right",
+    "上": "top",
+    "下": "bottom",
+}
 
 
 def parse_desc(text: str, lang: str) -> tuple:
@@ -246,7 +278,12 @@ def resolve(text: str, lang: str, objs: list[WorldObject]) -> list[int]:
         elif sec:
             kind, direction, d = "sec", sec.group(2), parse_desc(sec.group(1), lang)
         elif rel:
-            kind, r, d, da = "rel", _EN_REL[rel.group(2)], parse_desc(rel.group(1), lang), parse_desc(rel.group(3), lang)
+            kind, r, d, da = (
+                "rel",
+                _EN_REL[rel.group(2)],
+                parse_desc(rel.group(1), lang),
+                parse_desc(rel.group(3), lang),
+            )
         else:
             assert text.startswith("the "), text
             kind, d = "attr", parse_desc(text[4:], lang)
@@ -259,7 +296,12 @@ def resolve(text: str, lang: str, objs: list[WorldObject]) -> list[int]:
         elif sec:
             kind, direction, d = "sec", _DIR[sec.group(1)], parse_desc(sec.group(2), lang)
         elif rel:
-            kind, r, d, da = "rel", _ZH_REL[rel.group(2)], parse_desc(rel.group(3), lang), parse_desc(rel.group(1), lang)
+            kind, r, d, da = (
+                "rel",
+                _ZH_REL[rel.group(2)],
+                parse_desc(rel.group(3), lang),
+                parse_desc(rel.group(1), lang),
+            )
         else:
             kind, d = "attr", parse_desc(text, lang)
     cands = [i for i in idx if fits(objs[i], d)]
@@ -298,8 +340,11 @@ def test_every_ref_resolves_to_its_target(scenes):
 
 def test_refs_on_handmade_scenes():
     # red circle left, blue circle right, green square bottom-middle
-    objs = [make_obj("circle", "red", "small", 20, 30), make_obj("circle", "blue", "large", 100, 30),
-            make_obj("square", "green", "small", 60, 100)]
+    objs = [
+        make_obj("circle", "red", "small", 20, 30),
+        make_obj("circle", "blue", "large", 100, 30),
+        make_obj("square", "green", "small", 60, 100),
+    ]
     got = {r.text: r.target_index for r in make_refs(objs, tau=5)}
     assert got["the leftmost circle"] == 0 and got["最左边的圆形"] == 0
     assert got["the rightmost circle"] == 1 and got["the large circle"] == 1
@@ -315,8 +360,11 @@ def test_refs_on_handmade_scenes():
     assert not any("left" in t or "right" in t or "左" in t or "右" in t for t in texts)
     assert texts["the topmost circle"] == 0 and texts["最下面的圆形"] == 1
     # star B is left of the anchor by centre but overlaps it in x: "left of" is undecided -> not emitted
-    objs = [make_obj("star", "red", "small", 15, 100), make_obj("star", "blue", "small", 50, 15),
-            make_obj("square", "green", "large", 64, 64)]
+    objs = [
+        make_obj("star", "red", "small", 15, 100),
+        make_obj("star", "blue", "small", 50, 15),
+        make_obj("square", "green", "large", 64, 64),
+    ]
     texts = {r.text: r.target_index for r in make_refs(objs, tau=5)}
     assert "the star to the left of the green square" not in texts
     assert texts["the star above the green square"] == 1
@@ -387,7 +435,9 @@ def test_write_dataset_reads_back(tmp_path):
     assert np.array_equal(np.asarray(imgs[2]), np.asarray(scenes[2].image))
     texts = [json.loads(line) for line in paths["cnclip_texts"].read_text(encoding="utf-8").splitlines()]
     assert [t["text_id"] for t in texts] == list(range(len(texts)))
-    assert all(len(t["image_ids"]) == 1 and t["text"] in scenes[t["image_ids"][0]].captions["zh"] for t in texts)
+    assert all(
+        len(t["image_ids"]) == 1 and t["text"] in scenes[t["image_ids"][0]].captions["zh"] for t in texts
+    )
     objs = [json.loads(line) for line in paths["objects"].read_text(encoding="utf-8").splitlines()]
     assert [o["objects"][0]["box"] for o in objs] == [list(s.objects[0].box) for s in scenes]
     with pytest.raises(ValueError):

@@ -250,6 +250,8 @@ def _hf_hints(hf: dict[str, Any]) -> dict[str, Any]:
         "scale_embedding": hf.get("scale_embedding", False),
         "attn_scale_factor": hf.get("attn_scale_factor", 2.0),
         "code_image_size": hf.get("code_image_size", 128),
+        "entangle_position_embedding": hf.get("entangle_position_embedding", False),
+        "entangle_decoder_positions": hf.get("entangle_position_embedding", False),
         "scale_heads": True,  # the port always builds c_attn
         "scale_attn": normformer,
         "scale_fc": normformer,
@@ -294,6 +296,7 @@ def _fairseq_hints(raw: Mapping[str, Any], file: Path) -> dict[str, Any]:
             "code_image_size", task_args.get("code_image_size", 128) if task_args else 128
         ),
         "entangle_decoder_positions": not get("disable_entangle", True),
+        "entangle_position_embedding": get("entangle_position_embedding", False),
         "image_size": (task_args or {}).get("patch_image_size", 480),
         "num_codes": (task_args or {}).get("code_dict_size"),
         "num_bins": (task_args or {}).get("num_bins"),

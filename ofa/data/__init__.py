@@ -2,4 +2,13 @@
 
 from .world import HELDOUT_PAIRS, SPLITS, Scene, World, WorldConfig, parse_mentions, render, write_dataset
 
-__all__ = ["HELDOUT_PAIRS", "SPLITS", "Scene", "World", "WorldConfig", "parse_mentions", "render", "write_dataset"]
+__all__ = [
+    "HELDOUT_PAIRS",
+    "SPLITS",
+    "Scene",
+    "World",
+    "WorldConfig",
+    "parse_mentions",
+    "render",
+    "write_dataset",
+]

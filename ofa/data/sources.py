@@ -42,7 +42,11 @@ class WorldSource:
         scene = self.world.scene(self.split, index)
         base = {"image": scene.image, "lang": self.lang, "id": f"{self.split}/{index}"}
         if self.task == "caption":
-            return {**base, "captions": scene.captions[self.lang], "objects": [o.triple for o in scene.objects]}
+            return {
+                **base,
+                "captions": scene.captions[self.lang],
+                "objects": [o.triple for o in scene.objects],
+            }
         if self.task == "grounding":
             refs = scene.refs_for(self.lang)
             ref = refs[_pick(index, len(refs), f"{self.split}-{self.lang}-ref")]

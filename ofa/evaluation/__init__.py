@@ -14,6 +14,15 @@ from .metrics import (
 from .retrieval import recall_at_k, retrieval_metrics
 
 __all__ = [
-    "box_iou", "caption_metrics", "grounding_metrics", "java_available", "object_f1", "recall_at_k",
-    "retrieval_metrics", "spice_models_present", "tokenize_en_python", "tokenize_zh_chars", "world_caption_f1",
+    "box_iou",
+    "caption_metrics",
+    "grounding_metrics",
+    "java_available",
+    "object_f1",
+    "recall_at_k",
+    "retrieval_metrics",
+    "spice_models_present",
+    "tokenize_en_python",
+    "tokenize_zh_chars",
+    "world_caption_f1",
 ]

@@ -66,7 +66,25 @@ __all__ = [
 # ------------------------------------------------------------------------------------ captions
 
 # The punctuation tokens pycocoevalcap's PTBTokenizer removes (after lower-casing).
-_PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_PTB_PUNCT = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 _PY_TOKEN = re.compile(r"\w+(?:[-']\w+)*|\S")
 
 
@@ -78,7 +96,9 @@ def java_available() -> bool:
 def tokenize_en_python(caption: str) -> str:
     """Pure-Python stand-in for the PTB tokenizer: lower-case, split off punctuation and drop it."""
     toks = _PY_TOKEN.findall(caption.lower())
-    return " ".join(t for t in toks if t not in _PTB_PUNCT and not all(unicodedata.category(c).startswith("P") for c in t))
+    return " ".join(
+        t for t in toks if t not in _PTB_PUNCT and not all(unicodedata.category(c).startswith("P") for c in t)
+    )
 
 
 def tokenize_zh_chars(caption: str) -> str:
@@ -104,7 +124,8 @@ def _ptb_tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
     warnings.warn(
         f"PTB tokenizer unavailable: {reason}; using a pure-Python approximation "
         "(scores may differ slightly from the official COCO numbers)",
-        RuntimeWarning, stacklevel=3,
+        RuntimeWarning,
+        stacklevel=3,
     )
     return {k: [tokenize_en_python(c) for c in v] for k, v in captions.items()}
 
@@ -128,7 +149,8 @@ def _spice(gts: dict, res: dict) -> float | None:
         warnings.warn(
             "SPICE skipped: the Stanford CoreNLP 3.6.0 models are not installed in pycocoevalcap/spice/lib "
             "(pycocoevalcap would download them; run pycocoevalcap.spice.get_stanford_models once online)",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
         return None
     try:
@@ -148,7 +170,9 @@ def _meteor(gts: dict, res: dict) -> float:
     try:
         score, _ = m.compute_score(gts, res)
     except ValueError as e:  # the jar died (e.g. out of memory): it printed nothing parseable
-        err = m.meteor_p.stderr.read().decode(errors="replace")[-2000:] if m.meteor_p.poll() is not None else ""
+        err = (
+            m.meteor_p.stderr.read().decode(errors="replace")[-2000:] if m.meteor_p.poll() is not None else ""
+        )
         raise RuntimeError(f"METEOR jar failed: {e}\n{err}") from e
     finally:  # stop the jar now rather than whenever the garbage collector runs Meteor.__del__
         m.meteor_p.kill()
@@ -188,7 +212,9 @@ def caption_metrics(
     raw_gts = {i: [str(c) for c in references[k]] for i, k in enumerate(ids)}
 
     if lang == "en":
-        both = _ptb_tokenize({**{("r", i): v for i, v in raw_res.items()}, **{("g", i): v for i, v in raw_gts.items()}})
+        both = _ptb_tokenize(
+            {**{("r", i): v for i, v in raw_res.items()}, **{("g", i): v for i, v in raw_gts.items()}}
+        )
         res = {i: both[("r", i)] for i in raw_res}
         gts = {i: both[("g", i)] for i in raw_gts}
     else:
@@ -278,7 +304,9 @@ def _triple(o: Any) -> Mention:
     return size, colour, shape
 
 
-def world_caption_f1(captions: Sequence[str], scenes_objects: Sequence[Sequence[Any]], lang: str) -> dict[str, float]:
+def world_caption_f1(
+    captions: Sequence[str], scenes_objects: Sequence[Sequence[Any]], lang: str
+) -> dict[str, float]:
     """:func:`object_f1` of generated world captions (parsed with ``parse_mentions``) against scene objects.
 
     ``scenes_objects[i]`` holds the objects of caption ``i``'s scene: ``WorldObject``s, their

@@ -42,10 +42,10 @@ def recall_at_k(
     kmax = min(max(ks), n_g)
     first_hit = torch.full((n_q,), n_g, dtype=torch.long)  # rank (0-based) of the best positive; n_g = none
     for start in range(0, n_q, chunk):
-        rows = sim[start:start + chunk]
+        rows = sim[start : start + chunk]
         order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :kmax].cpu()
         mask = torch.zeros(rows.shape[0], n_g, dtype=torch.bool)
-        for r, pos in enumerate(positives[start:start + chunk]):
+        for r, pos in enumerate(positives[start : start + chunk]):
             idx = [int(p) for p in pos]
             if any(not 0 <= p < n_g for p in idx):
                 raise IndexError(f"query {start + r}: positive index outside the gallery of {n_g}")
@@ -53,7 +53,7 @@ def recall_at_k(
         hit = mask.gather(1, order)  # (rows, kmax): is the item at rank j a positive?
         any_hit = hit.any(dim=1)
         first = hit.float().argmax(dim=1)
-        first_hit[start:start + rows.shape[0]] = torch.where(any_hit, first, torch.full_like(first, n_g))
+        first_hit[start : start + rows.shape[0]] = torch.where(any_hit, first, torch.full_like(first, n_g))
     fractions = [int((first_hit < k).sum()) * 1.0 / n_q for k in ks]
     out = {f"R@{k}": f * 100 for k, f in zip(ks, fractions)}
     out["mean_recall"] = sum(fractions) / len(fractions) * 100
@@ -82,7 +82,9 @@ def retrieval_metrics(
     if t.dtype != v.dtype:
         t, v = t.float(), v.float()
     if t.shape[0] != len(text_ids) or v.shape[0] != len(image_ids):
-        raise ValueError(f"features {tuple(t.shape)}, {tuple(v.shape)} vs {len(text_ids)} texts, {len(image_ids)} images")
+        raise ValueError(
+            f"features {tuple(t.shape)}, {tuple(v.shape)} vs {len(text_ids)} texts, {len(image_ids)} images"
+        )
     t_index = {tid: i for i, tid in enumerate(text_ids)}
     i_index = {iid: i for i, iid in enumerate(image_ids)}
     missing = [x for x in text_to_images if x not in t_index]
@@ -101,5 +103,7 @@ def retrieval_metrics(
     t_rows = t[[t_index[x] for x in queries_t]]
     v_rows = v[[i_index[y] for y in queries_i]]
     out = {f"t2i_{k}": val for k, val in recall_at_k(t_rows @ v.T, pos_t2i, ks).items()}
-    out |= {f"i2t_{k}": val for k, val in recall_at_k(v_rows @ t.T, list(image_to_texts.values()), ks).items()}
+    out |= {
+        f"i2t_{k}": val for k, val in recall_at_k(v_rows @ t.T, list(image_to_texts.values()), ks).items()
+    }
     return out

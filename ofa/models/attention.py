@@ -254,9 +254,14 @@ class OFAAttention(nn.Module):
     def forward(self, hidden: Tensor, key: Tensor, value: Tensor, bias: AttentionBias, layer: int) -> Tensor:
         q = self._heads(self.q_proj(hidden))
         dropout = self.dropout if self.training else 0.0
-        if self.implementation == "flex" and not (q.device.type == "cpu" and torch.is_grad_enabled() and self.training):
+        if self.implementation == "flex" and not (
+            q.device.type == "cpu" and torch.is_grad_enabled() and self.training
+        ):
             out = _flex(q * self.scaling, key, value, bias, layer)
-        elif self.implementation in ("sdpa", "flex"):  # flex has no CPU backward: train with the SDPA kernel there
+        elif self.implementation in (
+            "sdpa",
+            "flex",
+        ):  # flex has no CPU backward: train with the SDPA kernel there
             out = F.scaled_dot_product_attention(
                 q, key, value, attn_mask=bias.dense(layer, q.dtype), dropout_p=dropout, scale=self.scaling
             )

@@ -69,6 +69,10 @@ class OFAConfig:
     code_layernorm_embedding: bool = True
     add_type_embedding: bool = True
     scale_embedding: bool = False
+    # Add the raw absolute position embeddings to the encoder's patch and text tokens (official
+    # `entangle_position_embedding`, off in every release). Patch tokens then carry where they are in their
+    # values, not only through the attention bias, which helps small models localise.
+    entangle_position_embedding: bool = False
     # fairseq adds raw decoder positions to the decoder input unless --disable-entangle (every release sets it).
     entangle_decoder_positions: bool = False
 

@@ -338,14 +338,17 @@ class OFAEncoder(_PositionBiasMixin):
                     f"image gives a {h}x{w} patch grid, larger than image_bucket_size={self.config.image_bucket_size}"
                 )
             image = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
-            parts.append(self._typed(image, 1, self.patch_layernorm_embedding))
             rows = torch.arange(h, device=image.device)[:, None] * self.config.image_bucket_size
             pid = (rows + torch.arange(w, device=image.device)[None, :] + 1).flatten().expand(b, -1)
+            image_pos = self.embed_image_positions(pid)
+            if self.config.entangle_position_embedding:
+                image = image + image_pos
+            parts.append(self._typed(image, 1, self.patch_layernorm_embedding))
             image_pad = torch.zeros(b, h * w, dtype=torch.bool, device=image.device)
             if patch_masks is not None:
                 image_pad = image_pad | ~patch_masks.to(image.device).bool()[:, None]
             pads.append(image_pad)
-            positions.append(self.image_pos_ln(self.embed_image_positions(pid)))
+            positions.append(self.image_pos_ln(image_pos))
             kinds.append(torch.full_like(pid, KIND_IMAGE))
             coords.append(pid)
         if input_ids is not None:
@@ -355,10 +358,13 @@ class OFAEncoder(_PositionBiasMixin):
                     f"text of {length} tokens exceeds max_source_positions={self.config.max_source_positions}"
                 )
             text = self.embed_tokens(input_ids) * self.embed_scale
+            pos = torch.arange(length, device=input_ids.device).expand(b, -1)
+            text_pos = self.embed_positions(pos)
+            if self.config.entangle_position_embedding:
+                text = text + text_pos
             parts.append(self._typed(text, 0, self.layernorm_embedding))
             pads.append(input_ids.eq(self.config.pad_token_id))
-            pos = torch.arange(length, device=input_ids.device).expand(b, -1)
-            positions.append(self.pos_ln(self.embed_positions(pos)))
+            positions.append(self.pos_ln(text_pos))
             kinds.append(torch.full_like(pos, KIND_TOKEN))
             coords.append(pos)
 
@@ -565,9 +571,19 @@ class OFAModel(nn.Module):
         self._init_linear()
 
     def _init_linear(self) -> None:
+        """fairseq's initialisation: Xavier-uniform linears (gain 1/sqrt(2) on q/k/v), zero biases.
+
+        A small fixed std (0.02, BERT style) leaves q.k near zero in a narrow model trained from scratch, and
+        attention then takes thousands of steps to leave the uniform pattern and find the image content.
+        """
         for module in self.modules():
+            if isinstance(module, OFAAttention):
+                for proj in (module.q_proj, module.k_proj, module.v_proj):
+                    nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
+        for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+                if not name.endswith(("q_proj", "k_proj", "v_proj")):
+                    nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 

@@ -49,6 +49,16 @@ class ResNetTrunk(nn.Module):
                 inplanes = planes * Bottleneck.expansion
             self.add_module(f"layer{stage}", nn.Sequential(*stage_blocks))
         self.out_channels = inplanes
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """He init for convolutions, unit BatchNorm (as torchvision/timm ResNets), so features keep their scale."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))

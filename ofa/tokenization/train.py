@@ -12,7 +12,11 @@ SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1000, num_codes: int = 8192, num_bins: int = 1000, min_frequency: int = 2
+    texts: Iterable[str],
+    vocab_size: int = 1000,
+    num_codes: int = 8192,
+    num_bins: int = 1000,
+    min_frequency: int = 2,
 ) -> OFATokenizer:
     """A GPT-2-style byte-level BPE with `<s> <pad> </s> <unk>` at 0-3 and `<mask>` as the last text id,
     then codes and bins: the official OFA layout, sized for the texts given."""

@@ -140,7 +140,10 @@ class World:
                 cy = border - fb0[1] + (n_img - 2 * border - (fb0[3] - fb0[1])) * rng.random()
                 fb = (fb0[0] + cx, fb0[1] + cy, fb0[2] + cx, fb0[3] + cy)
                 if all(
-                    fb[2] + margin <= p[0] or p[2] + margin <= fb[0] or fb[3] + margin <= p[1] or p[3] + margin <= fb[1]
+                    fb[2] + margin <= p[0]
+                    or p[2] + margin <= fb[0]
+                    or fb[3] + margin <= p[1]
+                    or p[3] + margin <= fb[1]
                     for p in placed
                 ):
                     break
@@ -148,7 +151,9 @@ class World:
                 return None
             placed.append(fb)
             objects.append(
-                WorldObject(shape, colour, size, pixel_box(fb), (cx, cy), extent, rotation, self._shade(rng, colour))
+                WorldObject(
+                    shape, colour, size, pixel_box(fb), (cx, cy), extent, rotation, self._shade(rng, colour)
+                )
             )
         return objects
 

@@ -72,15 +72,26 @@ def write_dataset(
                 (out / rel).write_bytes(png)
             if "coco" in formats:
                 for lang in langs:
-                    coco[lang]["images"].append({"id": scene.index, "file_name": rel, "width": w, "height": h})
+                    coco[lang]["images"].append(
+                        {"id": scene.index, "file_name": rel, "width": w, "height": h}
+                    )
                     for cap in scene.captions[lang]:
-                        coco[lang]["annotations"].append({"id": ann_id, "image_id": scene.index, "caption": cap})
+                        coco[lang]["annotations"].append(
+                            {"id": ann_id, "image_id": scene.index, "caption": cap}
+                        )
                         ann_id += 1
             if "refs" in formats:
                 for r in scene.refs:
                     if r.lang in langs:
-                        rec = {"image": rel, "image_id": scene.index, "text": r.text, "box": list(r.box),
-                               "lang": r.lang, "kind": r.kind, "target_index": r.target_index}
+                        rec = {
+                            "image": rel,
+                            "image_id": scene.index,
+                            "text": r.text,
+                            "box": list(r.box),
+                            "lang": r.lang,
+                            "kind": r.kind,
+                            "target_index": r.target_index,
+                        }
                         files["refs"].write(json.dumps(rec, ensure_ascii=False) + "\n")
             if "cnclip" in formats:
                 files["imgs"].write(f"{scene.index}\t{base64.b64encode(png).decode('ascii')}\n")

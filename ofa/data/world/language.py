@@ -25,13 +25,23 @@ from .vocab import COLOUR_ZH, SHAPE_PLURAL, SHAPE_ZH, SIZE_ZH
 
 RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 INVERSE: dict[str, str] = {"left": "right", "right": "left", "above": "below", "below": "above"}
-REL_EN: dict[str, str] = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+REL_EN: dict[str, str] = {
+    "left": "to the left of",
+    "right": "to the right of",
+    "above": "above",
+    "below": "below",
+}
 REL_ZH: dict[str, str] = {"left": "左边", "right": "右边", "above": "上面", "below": "下面"}
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
 _EXTREME_EN = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost"}
 _EXTREME_ZH = {"left": "最左边的", "right": "最右边的", "top": "最上面的", "bottom": "最下面的"}
-_FROM_EN = {"left": "from the left", "right": "from the right", "top": "from the top", "bottom": "from the bottom"}
+_FROM_EN = {
+    "left": "from the left",
+    "right": "from the right",
+    "top": "from the top",
+    "bottom": "from the bottom",
+}
 _FROM_ZH = {"left": "从左数", "right": "从右数", "top": "从上数", "bottom": "从下数"}
 
 NUM_EN = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
@@ -42,11 +52,26 @@ Mask = tuple[bool, bool, bool]
 
 # Attribute descriptors tried for attribute expressions, most natural first.
 _ATTR_MASKS: tuple[Mask, ...] = (
-    (False, False, True), (False, True, True), (True, False, True), (True, True, True),
-    (False, True, False), (True, False, False), (True, True, False),
+    (False, False, True),
+    (False, True, True),
+    (True, False, True),
+    (True, True, True),
+    (False, True, False),
+    (True, False, False),
+    (True, True, False),
 )
-_ANCHOR_MASKS: tuple[Mask, ...] = ((False, True, True), (False, False, True), (True, False, True), (True, True, True))
-_REL_TARGET_MASKS: tuple[Mask, ...] = ((False, False, True), (False, True, True), (True, False, True), (True, True, True))
+_ANCHOR_MASKS: tuple[Mask, ...] = (
+    (False, True, True),
+    (False, False, True),
+    (True, False, True),
+    (True, True, True),
+)
+_REL_TARGET_MASKS: tuple[Mask, ...] = (
+    (False, False, True),
+    (False, True, True),
+    (True, False, True),
+    (True, True, True),
+)
 _ORDINAL_MASKS: tuple[Mask, ...] = ((False, False, False), (False, False, True), (False, True, True))
 
 
@@ -102,11 +127,15 @@ def _desc(o: WorldObject, m: Mask) -> Desc:
 
 
 def _matches(o: WorldObject, d: Desc) -> bool:
-    return (d[0] is None or o.size == d[0]) and (d[1] is None or o.colour == d[1]) and (d[2] is None or o.shape == d[2])
+    return (
+        (d[0] is None or o.size == d[0])
+        and (d[1] is None or o.colour == d[1])
+        and (d[2] is None or o.shape == d[2])
+    )
 
 
 def desc_en(d: Desc) -> str:
-    """"large red star", "red object", "star" (no article)."""
+    """ "large red star", "red object", "star" (no article)."""
     return " ".join([w for w in d[:2] if w] + [d[2] or "object"])
 
 
@@ -121,7 +150,7 @@ def desc_zh(d: Desc, compact: bool = False) -> str:
 
 
 def mention_en(o: WorldObject | tuple[str, str, str], count: int = 1) -> str:
-    """"a small red circle" / "two small red circles"."""
+    """ "a small red circle" / "two small red circles"."""
     size, colour, shape = o.triple if isinstance(o, WorldObject) else o
     if count == 1:
         return f"a {size} {colour} {shape}"
@@ -129,7 +158,7 @@ def mention_en(o: WorldObject | tuple[str, str, str], count: int = 1) -> str:
 
 
 def mention_zh(o: WorldObject | tuple[str, str, str], count: int | None = 1) -> str:
-    """"一个小的红色圆形" / "两个小的红色圆形"; ``count=None`` drops the classifier ("小的红色圆形")."""
+    """ "一个小的红色圆形" / "两个小的红色圆形"; ``count=None`` drops the classifier ("小的红色圆形")."""
     size, colour, shape = o.triple if isinstance(o, WorldObject) else o
     core = f"{SIZE_ZH[size]}的{COLOUR_ZH[colour]}{SHAPE_ZH[shape]}"
     return core if count is None else f"{NUM_ZH[count]}个{core}"
@@ -155,7 +184,9 @@ def _groups(objs: Sequence[WorldObject]) -> list[tuple[tuple[str, str, str], int
 
 
 def make_captions(
-    objects: Sequence[WorldObject], rng: random.Random | None = None, max_relation_captions: int = 2,
+    objects: Sequence[WorldObject],
+    rng: random.Random | None = None,
+    max_relation_captions: int = 2,
     tau: float = 0.0,
 ) -> dict[str, list[str]]:
     """Captions in ``en`` and ``zh`` (parallel lists). Every caption mentions every object once with
@@ -175,7 +206,11 @@ def make_captions(
     groups = _groups(objs)
     g_en = _join_en([mention_en(t, c) for t, c in groups])
     g_zh = _join_zh([mention_zh(t, c) for t, c in groups])
-    en = [g_en, f"there {'is' if groups[0][1] == 1 else 'are'} {g_en}", f"{NUM_EN[n]} object{'s' if n > 1 else ''}: {g_en}"]
+    en = [
+        g_en,
+        f"there {'is' if groups[0][1] == 1 else 'are'} {g_en}",
+        f"{NUM_EN[n]} object{'s' if n > 1 else ''}: {g_en}",
+    ]
     zh = [g_zh, f"图中有{g_zh}", f"{NUM_ZH[n]}个物体：{g_zh}"]
     if n >= 2 and ordered(objs, "left", tau) is not None:
         en.append("from left to right: " + _join_en([mention_en(o) for o in objs]))
@@ -253,8 +288,13 @@ def make_refs(objects: Sequence[WorldObject], tau: float) -> list[Ref]:
                     dt = _desc(target, m)
                     others = [o for k, o in enumerate(objs) if k not in (a, t) and _matches(o, dt)]
                     if all(relation(o, anchor, rel) is False for o in others):
-                        add(f"the {desc_en(dt)} {REL_EN[rel]} the {desc_en(da)}",
-                            f"{desc_zh(da, True)}{REL_ZH[rel]}的{desc_zh(dt, True)}", "relation", t, a)
+                        add(
+                            f"the {desc_en(dt)} {REL_EN[rel]} the {desc_en(da)}",
+                            f"{desc_zh(da, True)}{REL_ZH[rel]}的{desc_zh(dt, True)}",
+                            "relation",
+                            t,
+                            a,
+                        )
                         break
 
     # ordinal: extreme / second along a direction among the objects matching a descriptor
@@ -270,11 +310,21 @@ def make_refs(objects: Sequence[WorldObject], tau: float) -> list[Ref]:
                 order = sorted(range(len(sub)), key=lambda i, dr=direction: _proj(sub[i], dr)[0])
                 first = order[0]
                 if all(precedes(sub[first], sub[j], direction, tau) for j in order[1:]):
-                    add(f"the {_EXTREME_EN[direction]} {desc_en(d)}",
-                        f"{_EXTREME_ZH[direction]}{desc_zh(d, True)}", "ordinal", members[first])
-                    if len(sub) >= 3 and all(precedes(sub[order[1]], sub[j], direction, tau) for j in order[2:]):
-                        add(f"the second {desc_en(d)} {_FROM_EN[direction]}",
-                            f"{_FROM_ZH[direction]}第二个{desc_zh(d, True)}", "ordinal", members[order[1]])
+                    add(
+                        f"the {_EXTREME_EN[direction]} {desc_en(d)}",
+                        f"{_EXTREME_ZH[direction]}{desc_zh(d, True)}",
+                        "ordinal",
+                        members[first],
+                    )
+                    if len(sub) >= 3 and all(
+                        precedes(sub[order[1]], sub[j], direction, tau) for j in order[2:]
+                    ):
+                        add(
+                            f"the second {desc_en(d)} {_FROM_EN[direction]}",
+                            f"{_FROM_ZH[direction]}第二个{desc_zh(d, True)}",
+                            "ordinal",
+                            members[order[1]],
+                        )
     return refs
 
 
@@ -321,7 +371,9 @@ def parse_mentions(caption: str, lang: str) -> list[tuple[str | None, str, str]]
             c = m.group("count")
             n = 1 if c is None else (int(c) if c.isdigit() else _ZH_COUNT[c])
             s = m.group("size") or m.group("size2")
-            out += [(_ZH_SIZE[s] if s else None, _ZH_COLOUR[m.group("colour")], _ZH_SHAPE[m.group("shape")])] * n
+            out += [
+                (_ZH_SIZE[s] if s else None, _ZH_COLOUR[m.group("colour")], _ZH_SHAPE[m.group("shape")])
+            ] * n
     else:
         raise ValueError(f"unsupported language {lang!r}")
     return out

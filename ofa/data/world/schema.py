@@ -33,19 +33,37 @@ def _centre(pts: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
 _A = 0.18  # half width of a cross arm
 UNIT_OUTLINES: dict[str, tuple[tuple[float, float], ...]] = {
     "square": _centre([(-0.42, -0.42), (0.42, -0.42), (0.42, 0.42), (-0.42, 0.42)]),
-    "triangle": _centre([(0.58 * math.cos(math.radians(a)), 0.58 * math.sin(math.radians(a))) for a in (-90, 30, 150)]),
+    "triangle": _centre(
+        [(0.58 * math.cos(math.radians(a)), 0.58 * math.sin(math.radians(a))) for a in (-90, 30, 150)]
+    ),
     "star": _centre(_star()),
-    "hexagon": _centre([(0.52 * math.cos(math.radians(60 * k)), 0.52 * math.sin(math.radians(60 * k))) for k in range(6)]),
+    "hexagon": _centre(
+        [(0.52 * math.cos(math.radians(60 * k)), 0.52 * math.sin(math.radians(60 * k))) for k in range(6)]
+    ),
     "diamond": _centre([(0.0, -0.55), (0.36, 0.0), (0.0, 0.55), (-0.36, 0.0)]),
     "cross": _centre(
-        [(-_A, -0.5), (_A, -0.5), (_A, -_A), (0.5, -_A), (0.5, _A), (_A, _A),
-         (_A, 0.5), (-_A, 0.5), (-_A, _A), (-0.5, _A), (-0.5, -_A), (-_A, -_A)]
+        [
+            (-_A, -0.5),
+            (_A, -0.5),
+            (_A, -_A),
+            (0.5, -_A),
+            (0.5, _A),
+            (_A, _A),
+            (_A, 0.5),
+            (-_A, 0.5),
+            (-_A, _A),
+            (-0.5, _A),
+            (-0.5, -_A),
+            (-_A, -_A),
+        ]
     ),
 }
 CIRCLE_RADIUS = 0.5
 
 
-def outline(shape: str, cx: float, cy: float, extent: float, rotation: float) -> list[tuple[float, float]] | None:
+def outline(
+    shape: str, cx: float, cy: float, extent: float, rotation: float
+) -> list[tuple[float, float]] | None:
     """Polygon vertices in continuous pixel coordinates (pixel ``i`` spans ``[i, i+1)``); None for circles."""
     if shape == "circle":
         return None
@@ -53,7 +71,9 @@ def outline(shape: str, cx: float, cy: float, extent: float, rotation: float) ->
     return [(cx + extent * (x * c - y * s), cy + extent * (x * s + y * c)) for x, y in UNIT_OUTLINES[shape]]
 
 
-def float_box(shape: str, cx: float, cy: float, extent: float, rotation: float) -> tuple[float, float, float, float]:
+def float_box(
+    shape: str, cx: float, cy: float, extent: float, rotation: float
+) -> tuple[float, float, float, float]:
     """Exact geometric bounding box of the shape (continuous pixel coordinates)."""
     pts = outline(shape, cx, cy, extent, rotation)
     if pts is None:
@@ -116,9 +136,14 @@ class WorldObject:
 
     def to_dict(self) -> dict:
         return {
-            "shape": self.shape, "colour": self.colour, "size": self.size, "box": list(self.box),
-            "center": [round(v, 3) for v in self.center], "extent": round(self.extent, 3),
-            "rotation": round(self.rotation, 3), "rgb": list(self.rgb),
+            "shape": self.shape,
+            "colour": self.colour,
+            "size": self.size,
+            "box": list(self.box),
+            "center": [round(v, 3) for v in self.center],
+            "extent": round(self.extent, 3),
+            "rotation": round(self.rotation, 3),
+            "rgb": list(self.rgb),
         }
 
 
@@ -174,13 +199,21 @@ class Scene:
     def to_dict(self) -> dict:
         """JSON-ready metadata (everything but the image)."""
         return {
-            "split": self.split, "index": self.index, "image_size": self.image_size,
+            "split": self.split,
+            "index": self.index,
+            "image_size": self.image_size,
             "background": {"colour": self.background.colour, "style": self.background.style},
             "objects": [o.to_dict() for o in self.objects],
             "captions": self.captions,
             "refs": [
-                {"text": r.text, "lang": r.lang, "kind": r.kind, "target_index": r.target_index,
-                 "anchor_index": r.anchor_index, "box": list(r.box)}
+                {
+                    "text": r.text,
+                    "lang": r.lang,
+                    "kind": r.kind,
+                    "target_index": r.target_index,
+                    "anchor_index": r.anchor_index,
+                    "box": list(r.box),
+                }
                 for r in self.refs
             ],
         }
