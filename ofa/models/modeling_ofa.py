@@ -130,10 +130,10 @@ class OFAEncoderLayer(nn.Module):
         self.normalize_before = config.encoder_normalize_before
         self.self_attn = _attention(config, heads)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
-        self.self_attn_mid_layer_norm = nn.LayerNorm(d, eps=eps) if config.scale_attn else None
+        self.self_attn_mid_layer_norm = _layer_norm(config, config.scale_attn)
         self.fc1 = nn.Linear(d, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d)
-        self.ffn_layer_norm = nn.LayerNorm(ffn_dim, eps=eps) if config.scale_fc else None
+        self.ffn_layer_norm = _layer_norm(config, config.scale_fc, ffn_dim)
         self.final_layer_norm = nn.LayerNorm(d, eps=eps)
         self.w_resid = nn.Parameter(torch.ones(d)) if config.scale_resids else None
         self.activation = ACTIVATIONS[config.activation_function]
@@ -179,9 +179,7 @@ class OFADecoderLayer(OFAEncoderLayer):
         self.normalize_before = config.decoder_normalize_before
         self.cross_attn = _attention(config, heads)
         self.cross_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.cross_attn_mid_layer_norm = (
-            nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.scale_attn else None
-        )
+        self.cross_attn_mid_layer_norm = _layer_norm(config, config.scale_attn)
 
     def forward(  # type: ignore[override]
         self,
@@ -232,6 +230,10 @@ def _embedding(num: int, dim: int, padding_idx: int | None = None) -> nn.Embeddi
     return emb
 
 
+def _layer_norm(config: OFAConfig, enabled: bool, dim: int | None = None) -> nn.LayerNorm | None:
+    return nn.LayerNorm(dim or config.d_model, eps=config.layer_norm_eps) if enabled else None
+
+
 def _zero_tables(num: int, heads: int, layers: int) -> nn.ModuleList:
     """Per-layer relative bias tables, zero at start as in the official code."""
     tables = nn.ModuleList(nn.Embedding(num, heads) for _ in range(layers))
@@ -242,6 +244,21 @@ def _zero_tables(num: int, heads: int, layers: int) -> nn.ModuleList:
 
 class _PositionBiasMixin(nn.Module):
     """Shared pieces of the encoder and decoder: position tables, bucket tables and their bucketer."""
+
+    def _init_stack(
+        self, config: OFAConfig, layer_cls: type[OFAEncoderLayer], side: str, normalize_before: bool
+    ) -> None:
+        """Layers with linearly growing drop path, dropout, position tables and the final norm of one side."""
+        layers, heads = getattr(config, f"{side}_layers"), getattr(config, f"{side}_attention_heads")
+        ffn_dim = getattr(config, f"{side}_ffn_dim")
+        max_positions = config.max_source_positions if side == "encoder" else config.max_target_positions
+        self.config = config
+        self.embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.dropout = nn.Dropout(config.dropout)
+        self._init_positions(config, layers, heads, max_positions)
+        rates = linear_rates(getattr(config, f"{side}_drop_path_rate"), layers)
+        self.layers = nn.ModuleList(layer_cls(config, rate, heads, ffn_dim) for rate in rates)
+        self.layer_norm = _layer_norm(config, normalize_before)
 
     def _init_positions(self, config: OFAConfig, layers: int, heads: int, max_positions: int) -> None:
         d = config.d_model
@@ -282,35 +299,18 @@ class OFAEncoder(_PositionBiasMixin):
 
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
+        self._init_stack(config, OFAEncoderLayer, "encoder", config.encoder_normalize_before)
         d = config.d_model
-        self.config = config
         self.embed_tokens = embed_tokens
-        self.embed_scale = d**0.5 if config.scale_embedding else 1.0
         self.embed_images = ResNetTrunk(
             config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate
         )
         self.image_proj = nn.Linear(self.embed_images.out_channels, d)
         self.type_embedding = _embedding(2, d) if config.add_type_embedding else None
-        self.layernorm_embedding = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
-        )
-        self.patch_layernorm_embedding = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.patch_layernorm_embedding else None
-        )
-        self.dropout = nn.Dropout(config.dropout)
-        self._init_positions(
-            config, config.encoder_layers, config.encoder_attention_heads, config.max_source_positions
-        )
+        self.layernorm_embedding = _layer_norm(config, config.layernorm_embedding)
+        self.patch_layernorm_embedding = _layer_norm(config, config.patch_layernorm_embedding)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
-        rates = linear_rates(config.encoder_drop_path_rate, config.encoder_layers)
-        self.layers = nn.ModuleList(
-            OFAEncoderLayer(config, rate, config.encoder_attention_heads, config.encoder_ffn_dim)
-            for rate in rates
-        )
-        self.layer_norm = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.encoder_normalize_before else None
-        )
 
     def _typed(self, x: Tensor, type_id: int, norm: nn.LayerNorm | None) -> Tensor:
         if self.type_embedding is not None:
@@ -407,32 +407,15 @@ class OFADecoder(_PositionBiasMixin):
 
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
+        self._init_stack(config, OFADecoderLayer, "decoder", config.decoder_normalize_before)
         d = config.d_model
-        self.config = config
         self.embed_tokens = embed_tokens
-        self.embed_scale = d**0.5 if config.scale_embedding else 1.0
-        self.layernorm_embedding = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.layernorm_embedding else None
-        )
-        self.code_layernorm_embedding = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.code_layernorm_embedding else None
-        )
-        self.dropout = nn.Dropout(config.dropout)
-        self._init_positions(
-            config, config.decoder_layers, config.decoder_attention_heads, config.max_target_positions
-        )
+        self.layernorm_embedding = _layer_norm(config, config.layernorm_embedding)
+        self.code_layernorm_embedding = _layer_norm(config, config.code_layernorm_embedding)
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
-        rates = linear_rates(config.decoder_drop_path_rate, config.decoder_layers)
-        self.layers = nn.ModuleList(
-            OFADecoderLayer(config, rate, config.decoder_attention_heads, config.decoder_ffn_dim)
-            for rate in rates
-        )
-        self.layer_norm = (
-            nn.LayerNorm(d, eps=config.layer_norm_eps) if config.decoder_normalize_before else None
-        )
 
     def image_position_ids(self, steps: Tensor) -> Tensor:
         """Image position id of each decoder step in code mode: 0 for bos, then the code grid row-major."""

@@ -452,11 +452,9 @@ def resolve_path(path: str | Path, fallback_to_repo: bool = True) -> Path:
     return candidate if candidate.exists() else path
 
 
-def model_config(recipe: Recipe, tokenizer: Any) -> OFAConfig:
-    """The `OFAConfig` a recipe describes (preset, then `model.config`), vocabulary taken from the tokenizer."""
-    from ofa.models import ConfigError
-
-    vocab = {
+def tokenizer_vocab(tokenizer: Any) -> dict[str, int]:
+    """The `OFAConfig` vocabulary fields a tokenizer fixes."""
+    return {
         "vocab_size": tokenizer.vocab_size,
         "num_codes": tokenizer.num_codes,
         "num_bins": tokenizer.num_bins,
@@ -465,6 +463,13 @@ def model_config(recipe: Recipe, tokenizer: Any) -> OFAConfig:
         "eos_token_id": tokenizer.eos_id,
         "unk_token_id": tokenizer.unk_id,
     }
+
+
+def model_config(recipe: Recipe, tokenizer: Any) -> OFAConfig:
+    """The `OFAConfig` a recipe describes (preset, then `model.config`), vocabulary taken from the tokenizer."""
+    from ofa.models import ConfigError
+
+    vocab = tokenizer_vocab(tokenizer)
     for key in VOCAB_FIELDS:
         if key in recipe.model.config and recipe.model.config[key] != vocab[key]:
             raise RecipeError(

@@ -30,7 +30,15 @@ from ofa.tokenization import OFATokenizer
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
 from .data import MixtureDataModule, make_tasks
 from .module import OFALightningModule
-from .recipe import INIT_FROM_FIELDS, VOCAB_FIELDS, Recipe, RecipeError, model_config, resolve_path
+from .recipe import (
+    INIT_FROM_FIELDS,
+    VOCAB_FIELDS,
+    Recipe,
+    RecipeError,
+    model_config,
+    resolve_path,
+    tokenizer_vocab,
+)
 
 PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,15 +70,7 @@ def build_model(recipe: Recipe, tokenizer: OFATokenizer) -> OFAModel:
     config, state = load_checkpoint(path)
     values = config.to_dict()
     for key in VOCAB_FIELDS:
-        expected = {
-            "vocab_size": tokenizer.vocab_size,
-            "num_codes": tokenizer.num_codes,
-            "num_bins": tokenizer.num_bins,
-            "bos_token_id": tokenizer.bos_id,
-            "pad_token_id": tokenizer.pad_id,
-            "eos_token_id": tokenizer.eos_id,
-            "unk_token_id": tokenizer.unk_id,
-        }[key]
+        expected = tokenizer_vocab(tokenizer)[key]
         if values[key] != expected:
             raise RecipeError(
                 f"{recipe.source}: model.init_from {path} has {key}={values[key]}, the tokenizer gives {expected}"
