@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -45,7 +46,7 @@ def write_fairseq(model: OFAModel, file, heads_in_cfg: bool = True) -> None:
         {
             "model": state,
             "cfg": {"model": args, "task": {"patch_image_size": 64, "code_dict_size": 64, "num_bins": 40}},
-            "extra_state": {},
+            "extra_state": {"metrics": {"loss": np.float64(2.5)}},
         },
         file,
     )

@@ -4,16 +4,13 @@ Most tests use a small deterministic recurrent toy model that implements the enc
 real cache (the hidden state), so a wrong cache reorder or a wrong per-row code mask changes the tokens.
 The searches are checked against references written here from the fixture README's description: a brute-force
 enumeration of every sequence (where beam search is provably exhaustive) and a plain per-sample transliteration
-of fairseq's beam rules (where it is not). The parity-fixture tests at the end need ``ofa.models``.
+of fairseq's beam rules (where it is not). The official fixture decodes are checked in test_parity.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -597,101 +594,3 @@ def test_token_range_union_and_sharing() -> None:
     for hyps in got:
         for h in hyps:
             assert all(BIN_LO <= t < BIN_HI for t in h.tokens[:-1].tolist())
-
-
-# ----------------------------------------------------------------------------------- parity fixture
-
-FIXTURE = Path(
-    os.environ.get(
-        "OFA_PARITY_FIXTURE",
-        Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "ofa_reference",
-    )
-)
-
-
-@pytest.fixture(scope="module")
-def fixture_model():
-    if not (FIXTURE / "greedy.json").exists():
-        pytest.skip(f"parity fixture not found at {FIXTURE} (set OFA_PARITY_FIXTURE)")
-    try:
-        from ofa.models import OFAModel
-    except ImportError as err:
-        pytest.skip(f"ofa.models.OFAModel is not available yet: {err}")
-    if not hasattr(OFAModel, "from_pretrained"):
-        pytest.skip("OFAModel.from_pretrained is not available yet")
-    from safetensors.torch import load_file
-
-    model = OFAModel.from_pretrained(FIXTURE).eval().float()
-    inputs = load_file(str(FIXTURE / "inputs.safetensors"))
-    return model, inputs
-
-
-GREEDY_RUNS = {
-    # run: (t2i?, allowed range, ban ids in prefix)
-    "free": (False, None, False),
-    "free_no_repeat": (False, None, True),
-    "bins_no_repeat": (False, (8553, 9553), True),
-    "t2i_codes_no_repeat": (True, (361, 8553), True),
-}
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("run", list(GREEDY_RUNS))
-def test_fixture_greedy(fixture_model, run: str, use_cache: bool) -> None:
-    model, inputs = fixture_model
-    expected = json.loads((FIXTURE / "greedy.json").read_text())["runs"][run]
-    t2i, rng, ban = GREEDY_RUNS[run]
-    with torch.no_grad():
-        if t2i:
-            enc = model.encode(inputs["t2i_input_ids"])
-            code_masks = inputs["t2i_code_masks"].bool()
-        else:
-            enc = model.encode(inputs["input_ids"], inputs["patch_images"])
-            code_masks = None
-    allowed = None if rng is None else TokenRange(*rng)
-    toks = fixed_length_greedy(
-        model, enc, 8, allowed=allowed, ban_prefix_ids=ban, code_masks=code_masks, use_cache=use_cache
-    )
-    assert toks.tolist() == expected["tokens"]
-    # the same through the fairseq-rule greedy search (the fixture's cross-checks): tokens + forced eos
-    cfg = GenerationConfig(
-        strategy="greedy", min_len=8, max_len_b=8, no_repeat_ngram_size=1 if ban else 0, use_cache=use_cache
-    )
-    got = generate(model, enc, cfg, constraints=[allowed] * 2, code_masks=code_masks)
-    assert [h[0].tokens.tolist() for h in got] == [g + [EOS] for g in expected["generated"]]
-
-
-BEAM_CONSTRAINTS = {
-    "caption": None,
-    "grounding": TokenRange(8553, 9553, keep_special=True),
-    "grounding_no_ngram_block": TokenRange(8553, 9553, keep_special=True),
-    "grounding_bins_only": TokenRange(8553, 9553, exact_length=4),
-}
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("run", list(BEAM_CONSTRAINTS))
-def test_fixture_beam(fixture_model, run: str, use_cache: bool) -> None:
-    model, inputs = fixture_model
-    spec = json.loads((FIXTURE / "beam.json").read_text())["runs"][run]
-    s = spec["settings"]
-    cfg = GenerationConfig(
-        strategy="beam", beam_size=s["beam_size"], max_len_a=s["max_len_a"], max_len_b=s["max_len_b"],
-        min_len=s["min_len"], no_repeat_ngram_size=s["no_repeat_ngram_size"], len_penalty=s["len_penalty"],
-        normalize_scores=s["normalize_scores"], unk_penalty=s["unk_penalty"], temperature=s["temperature"],
-        use_cache=use_cache,
-    )  # fmt: skip
-    c = BEAM_CONSTRAINTS[run]
-    got = generate(
-        model,
-        {"input_ids": inputs["input_ids"], "patch_images": inputs["patch_images"]},
-        cfg,
-        constraints=None if c is None else [c, c],
-    )
-    assert cfg.max_length(inputs["input_ids"].size(1)) == spec["max_len"]
-    for hyps, want in zip(got, spec["hypotheses"]):
-        assert [h.tokens.tolist() for h in hyps] == [w["tokens"] for w in want]
-        for h, w in zip(hyps, want):
-            assert h.score == pytest.approx(w["score"], abs=1e-4)
-            assert h.sum_logprob == pytest.approx(w["sum_logprob"], abs=1e-4)
-            assert h.positional_scores.tolist() == pytest.approx(w["positional_scores"], abs=1e-4)

@@ -113,31 +113,66 @@ def load_checkpoint(
     return config, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
+# Globals that only rebuild plain data (numpy scalars, dtypes and arrays in fairseq's `extra_state` metrics).
+_DATA_GLOBAL_PREFIXES = (
+    "numpy.dtype",
+    "numpy.dtypes.",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.ndarray",
+)
+
+
+def _import_global(name: str) -> Any:
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
 def safe_torch_load(file: str | Path) -> Any:
-    """`torch.load` that only builds tensors and plain containers (plus `argparse.Namespace`)."""
+    """`torch.load` that only builds tensors and plain data: containers, `argparse.Namespace`, numpy scalars."""
     allowed: list[Any] = [argparse.Namespace]
-    try:  # fairseq >= 0.10 may store its config as OmegaConf containers: plain data, safe to rebuild.
+    try:  # fairseq may store its config as OmegaConf containers: plain data, safe to rebuild when installed.
         from omegaconf import DictConfig, ListConfig
         from omegaconf.base import ContainerMetadata, Metadata
         from omegaconf.nodes import AnyNode
 
-        allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, Any, dict, list, int]
+        allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode]
     except ImportError:
         pass
     try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception as err:
+        raise CheckpointError(
+            f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
+        ) from None
+    known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+    refused = [name for name in found if name not in known and not name.startswith(_DATA_GLOBAL_PREFIXES)]
+    if refused:
+        raise CheckpointError(
+            f"{file}: refuses to unpickle {', '.join(refused)}; only tensors and plain data are loaded"
+        )
+    numpy_data = [_import_global(name) for name in found if name.startswith(_DATA_GLOBAL_PREFIXES)]
+    if numpy_data:  # a numpy dtype pickles through its concrete class (numpy.dtypes.Float64DType, ...)
+        import numpy.dtypes
+
+        numpy_data += [getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__]
+    allowed += numpy_data
+    try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncation, bad zips and refused globals
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            name = found.group(1) if found else "an arbitrary Python object"
-            raise CheckpointError(
-                f"{file}: refuses to unpickle {name}; only tensors and plain containers are loaded"
-            ) from None
+    except Exception as err:  # truncation and bad archives surface as several exception types
         raise CheckpointError(
-            f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {message}"
+            f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
         ) from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _is_zip_or_pickle(path: Path) -> bool:
