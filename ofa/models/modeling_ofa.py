@@ -18,7 +18,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import (
     KIND_IMAGE,
-    KIND_NONE,
     KIND_TOKEN,
     AttentionBias,
     OFAAttention,
@@ -703,5 +702,4 @@ __all__ = [
     "OFAModel",
     "OFADecoder",
     "OFAEncoder",
-    "KIND_NONE",
 ]
