@@ -201,20 +201,44 @@ def greedy_search(
         best, choice = lprobs.max(dim=-1)  # first maximum -> lowest id on ties
         tokens[:, step + 1] = choice
         scores[:, step] = best + scores[:, step - 1] if step > 0 else best
-        alive = torch.isfinite(best)
-        done = ~alive | (choice == config.eos_token_id) if step < max_len else torch.ones_like(alive)
-        finished = (done & alive).nonzero().squeeze(1)
-        if finished.numel():
-            hyps = _finalize(tokens[finished], scores[finished, : step + 1], step, config)
-            for sample, hyp in zip(row_sample[finished].tolist(), hyps):
-                results[sample].append(hyp)
-        keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
+        state = _retire_rows(
+            torch.isfinite(best), choice, tokens, scores, row_sample, step, max_len, config, results, decoder
+        )
+        if state is None:
             break
-        if keep.numel() < tokens.size(0):
-            tokens, scores, row_sample = tokens[keep], scores[keep], row_sample[keep]
-            decoder.select_rows(keep, same_inputs=False)
+        tokens, scores, row_sample = state
     return results
+
+
+def _retire_rows(
+    alive: Tensor,
+    choice: Tensor,
+    tokens: Tensor,
+    scores: Tensor,
+    row_sample: Tensor,
+    step: int,
+    max_len: int,
+    config: GenerationConfig,
+    results: list[list[Hypothesis]],
+    decoder: _StepDecoder,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """One-row-per-hypothesis searches: finalize rows that chose eos (or reached max_len), drop dead rows.
+
+    Returns the remaining (tokens, scores, row_sample), or None when no row is left.
+    """
+    done = ~alive | (choice == config.eos_token_id) if step < max_len else torch.ones_like(alive)
+    finished = (done & alive).nonzero().squeeze(1)
+    if finished.numel():
+        hyps = _finalize(tokens[finished], scores[finished, : step + 1], step, config)
+        for sample, hyp in zip(row_sample[finished].tolist(), hyps):
+            results[sample].append(hyp)
+    keep = (~done).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        return None
+    if keep.numel() < tokens.size(0):
+        tokens, scores, row_sample = tokens[keep], scores[keep], row_sample[keep]
+        decoder.select_rows(keep, same_inputs=False)
+    return tokens, scores, row_sample
 
 
 @torch.no_grad()
@@ -370,18 +394,12 @@ def sample(
         choice = choice.squeeze(1)
         tokens[:, step + 1] = choice
         scores[:, step] = logp + scores[:, step - 1] if step > 0 else logp
-        done = ~alive | (choice == config.eos_token_id) if step < max_len else torch.ones_like(alive)
-        finished = (done & alive).nonzero().squeeze(1)
-        if finished.numel():
-            hyps = _finalize(tokens[finished], scores[finished, : step + 1], step, config)
-            for s, hyp in zip(row_sample[finished].tolist(), hyps):
-                results[s].append(hyp)
-        keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
+        state = _retire_rows(
+            alive, choice, tokens, scores, row_sample, step, max_len, config, results, decoder
+        )
+        if state is None:
             break
-        if keep.numel() < tokens.size(0):
-            tokens, scores, row_sample = tokens[keep], scores[keep], row_sample[keep]
-            decoder.select_rows(keep, same_inputs=False)
+        tokens, scores, row_sample = state
 
     for hyps in results:
         hyps.sort(key=lambda h: h.score, reverse=True)
