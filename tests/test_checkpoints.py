@@ -124,6 +124,18 @@ def test_loading_refuses_arbitrary_objects(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
+def test_legacy_pickle_format_loads_and_still_refuses_objects(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False): no zip to scan, the same allow-list applies."""
+    model = random_model(small_config())
+    write_fairseq(model, tmp_path / "zip.pt")
+    raw = torch.load(tmp_path / "zip.pt", weights_only=False)
+    torch.save(raw, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(logits(OFAModel.from_pretrained(tmp_path / "legacy.pt")), logits(model))
+    torch.save({"model": {}, "cfg": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*refuses to unpickle"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
 def test_corrupt_and_truncated_files_name_the_file(tmp_path):
     model = random_model(small_config())
     model.save_pretrained(tmp_path / "ckpt")

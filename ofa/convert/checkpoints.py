@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -125,16 +126,18 @@ _DATA_GLOBAL_PREFIXES = (
 )
 
 
-def _import_global(name: str) -> Any:
-    import importlib
+def _numpy_data_globals() -> list[Any]:
+    import numpy
+    import numpy.dtypes
 
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
+    multiarray = numpy._core.multiarray if hasattr(numpy, "_core") else numpy.core.multiarray
+    classes = [getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__]
+    return [numpy.dtype, numpy.ndarray, multiarray.scalar, multiarray._reconstruct, *classes]
 
 
 def safe_torch_load(file: str | Path) -> Any:
     """`torch.load` that only builds tensors and plain data: containers, `argparse.Namespace`, numpy scalars."""
-    allowed: list[Any] = [argparse.Namespace]
+    allowed: list[Any] = [argparse.Namespace, *_numpy_data_globals()]
     try:  # fairseq may store its config as OmegaConf containers: plain data, safe to rebuild when installed.
         from omegaconf import DictConfig, ListConfig
         from omegaconf.base import ContainerMetadata, Metadata
@@ -143,28 +146,30 @@ def safe_torch_load(file: str | Path) -> Any:
         allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode]
     except ImportError:
         pass
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(file)
-    except Exception as err:
-        raise CheckpointError(
-            f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
-        ) from None
-    known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
-    refused = [name for name in found if name not in known and not name.startswith(_DATA_GLOBAL_PREFIXES)]
-    if refused:
-        raise CheckpointError(
-            f"{file}: refuses to unpickle {', '.join(refused)}; only tensors and plain data are loaded"
-        )
-    numpy_data = [_import_global(name) for name in found if name.startswith(_DATA_GLOBAL_PREFIXES)]
-    if numpy_data:  # a numpy dtype pickles through its concrete class (numpy.dtypes.Float64DType, ...)
-        import numpy.dtypes
-
-        numpy_data += [getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__]
-    allowed += numpy_data
+    # Zip checkpoints (torch >= 1.6) are scanned first, so a refusal names every offending global; the legacy
+    # format cannot be scanned, and there torch's weights-only unpickler refuses the first one it meets.
+    if zipfile.is_zipfile(file):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+        except Exception as err:
+            raise CheckpointError(
+                f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
+            ) from None
+        known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+        refused = [name for name in found if name not in known and not name.startswith(_DATA_GLOBAL_PREFIXES)]
+        if refused:
+            raise CheckpointError(
+                f"{file}: refuses to unpickle {', '.join(refused)}; only tensors and plain data are loaded"
+            )
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # truncation and bad archives surface as several exception types
+        refused_global = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused_global:
+            raise CheckpointError(
+                f"{file}: refuses to unpickle {refused_global.group(1)}; only tensors and plain data are loaded"
+            ) from None
         raise CheckpointError(
             f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
         ) from None
