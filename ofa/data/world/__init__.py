@@ -48,6 +48,9 @@ On-disk formats (:func:`write_dataset`, all paths relative to ``out_dir``; image
         ``{"text_id": int, "text": caption, "image_ids": [image_id]}`` (``clip_lang`` captions, zh by default).
     ``objects_{split}.jsonl`` (format ``objects``)
         ``{"image_id", "image", **Scene.to_dict()}``: objects, background, captions and refs, for scoring.
+    Image-text retrieval sets (:func:`write_world_retrieval`)
+        any format of :mod:`ofa.data.retrieval_formats` (Chinese-CLIP TSV/JSONL, JSONL/CSV pairs,
+        webdataset shards), with the captions of chosen languages as texts.
 
 Example::
 
@@ -59,7 +62,7 @@ Example::
 """
 
 from .core import SPLITS, World, WorldConfig
-from .io import FORMATS, write_dataset
+from .io import FORMATS, write_dataset, write_world_retrieval
 from .language import (
     RELATIONS,
     make_captions,
@@ -124,4 +127,5 @@ __all__ = [
     "relation",
     "render",
     "write_dataset",
+    "write_world_retrieval",
 ]

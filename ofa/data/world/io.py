@@ -8,7 +8,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..retrieval_formats import write_retrieval_dataset
 from .core import World
+from .vocab import LANGS
 
 FORMATS: tuple[str, ...] = ("coco", "refs", "cnclip", "objects")
 
@@ -114,3 +116,35 @@ def write_dataset(
     if want_png:
         paths["images"] = img_dir
     return paths
+
+
+def write_world_retrieval(
+    world: World,
+    dst: str | Path,
+    split: str,
+    n: int,
+    fmt: str = "cnclip",
+    start: int = 0,
+    langs: Sequence[str] = ("zh",),
+    **options,
+) -> dict[str, Path]:
+    """Write scenes ``start .. start+n-1`` of ``split`` as an image-text retrieval dataset.
+
+    ``fmt`` and ``dst`` as in :func:`ofa.data.retrieval_formats.open_retrieval_writer` (``cnclip``:
+    ``.../{split}_imgs.tsv``; ``jsonl`` / ``csv``: the pairs file; ``wds``: the shard directory). Each scene
+    is one PNG whose texts are its captions in ``langs`` order (e.g. ``("en", "zh")`` for both); image ids
+    are the scene indices, text ids count from 0. Returns the written paths.
+    """
+    unknown = set(langs) - set(LANGS)
+    if unknown:
+        raise ValueError(f"unknown caption languages {sorted(unknown)}; expected a subset of {LANGS}")
+
+    def samples():
+        text_id = 0
+        for scene in world.iter(split, n, start):
+            texts = [caption for lang in langs for caption in scene.captions[lang]]
+            ids = list(range(text_id, text_id + len(texts)))
+            text_id += len(texts)
+            yield {"image": scene.image, "image_id": scene.index, "texts": texts, "text_ids": ids}
+
+    return write_retrieval_dataset(samples(), dst, fmt, **options)
