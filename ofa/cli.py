@@ -112,6 +112,76 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEFAULT_CHECKPOINT = "checkpoints/ofa-world-tiny"
+
+
+def _load_ofa(args: argparse.Namespace):
+    """The `OFA` of `--checkpoint` (current directory first, then the repository root)."""
+    from ofa.api import OFA, CheckpointNotFoundError
+    from ofa.training.recipe import resolve_path
+
+    path = resolve_path(args.checkpoint)
+    if not path.exists():
+        raise CheckpointNotFoundError(
+            f"checkpoint {args.checkpoint} not found (looked in the current directory and the repository); "
+            "pass --checkpoint PATH"
+        )
+    return OFA.from_pretrained(path, tokenizer=args.tokenizer, device=args.device)
+
+
+def _search(args: argparse.Namespace) -> dict[str, int]:
+    return {} if args.beam is None else {"beam_size": args.beam}
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Caption images with a checkpoint: one line per image (caption and confidence).
+
+    The confidence is the geometric mean of the generated tokens' probabilities.
+    """
+    ofa = _load_ofa(args)
+    results = ofa.caption(list(args.images), lang=args.lang, batch_size=args.batch_size, **_search(args))
+    if args.json:
+        print(json.dumps([{"image": img, "text": r.text, "score": r.score, "lang": r.lang}
+                          for img, r in zip(args.images, results)]))  # fmt: skip
+        return EXIT_OK
+    for image, r in zip(args.images, results):
+        prefix = f"{image}: " if len(args.images) > 1 else ""
+        print(f"{prefix}{r.text}  (score {r.score:.3f})")
+    return EXIT_OK
+
+
+def cmd_ground(args: argparse.Namespace) -> int:
+    """Find the region of an image that a text describes: prints x0 y0 x1 y1 (pixels of the image) and a score.
+
+    The score is the geometric mean of the probabilities of the 4 location tokens.
+    """
+    ofa = _load_ofa(args)
+    r = ofa.ground(args.image, args.text, lang=args.lang, **_search(args))
+    if args.json:
+        print(json.dumps({"image": args.image, **r.to_dict()}))
+    else:
+        print(" ".join(f"{v:.1f}" for v in r.box) + f"  (score {r.score:.3f})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Decode free text for any instruction, with or without an image.
+
+    Location tokens print as <bin_k>; every 4 of them also print as a box in pixels of the image.
+    """
+    ofa = _load_ofa(args)
+    search = {**_search(args), **({} if args.max_len is None else {"max_len_b": args.max_len})}
+    r = ofa.run(args.instruction, image=args.image, **search)
+    if args.json:
+        print(json.dumps({"instruction": args.instruction, "image": args.image, "text": r.text,
+                          "score": r.score, "boxes": r.boxes}))  # fmt: skip
+        return EXIT_OK
+    print(f"{r.text}  (score {r.score:.3f})")
+    for box in r.boxes:
+        print("box " + " ".join(f"{v:.1f}" for v in box))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa", description="Unified OFA-style multimodal models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,6 +191,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.set_defaults(func=fn)
         return p
+
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
+            help=f"checkpoint folder (default: {DEFAULT_CHECKPOINT}; relative to here, then the repository)",
+        )  # fmt: skip
+        p.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder, for checkpoints that have none")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+        p.add_argument("--beam", type=int, metavar="N", help="beam size (default: the task's setting)")
+
+    p = add("caption", cmd_caption, "caption images")
+    p.epilog = "example: ofa caption photo.jpg other.png --lang zh --json"
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--lang", default="en", choices=["en", "zh"], help="caption language (default: en)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: 16)")
+    add_model_options(p)
+
+    p = add("ground", cmd_ground, "find the box a text describes")
+    p.epilog = 'example: ofa ground photo.jpg "the red star"'
+    p.add_argument("image", help="image file")
+    p.add_argument("text", help='referring expression, e.g. "the red star"')
+    p.add_argument(
+        "--lang", choices=["en", "zh"], help="language of TEXT (default: zh if it has Chinese, else en)"
+    )
+    add_model_options(p)
+
+    p = add("run", cmd_run, "run any instruction (free text output)")
+    p.epilog = "example: ofa run ' what does the image describe?' --image photo.jpg"
+    p.add_argument("instruction", help="the prompt, passed to the model as written")
+    p.add_argument("--image", metavar="IMAGE", help="an image file to go with the instruction")
+    p.add_argument("--max-len", type=int, metavar="N", help="most tokens to generate (default: 32)")
+    add_model_options(p)
 
     p = add("convert", cmd_convert, "convert an official checkpoint into our format")
     p.add_argument("src", help="official HF-port folder, fairseq .pt file, or one of our checkpoints")

@@ -142,6 +142,7 @@ class OFA:
         path = Path(path).expanduser()
         if not path.exists():
             raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
+        device = _check_device(device)
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise InputError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -396,6 +397,16 @@ def _check_vocabulary(model: OFAModel, tokenizer: OFATokenizer) -> None:
             f"the tokenizer ({tokenizer.vocab_size} ids, {tokenizer.num_codes} codes, {tokenizer.num_bins} bins) "
             f"does not match the model ({c.vocab_size} ids, {c.num_codes} codes, {c.num_bins} bins)"
         )
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested, but CUDA is not available here")
+    return device
 
 
 def _load_tokenizer(checkpoint: Path, tokenizer: str | Path | None) -> OFATokenizer:

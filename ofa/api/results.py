@@ -35,7 +35,8 @@ class CaptionResult:
 class GroundingResult:
     """The region a referring expression describes.
 
-    ``box``: ``(x0, y0, x1, y1)`` in pixels of the original image (after its EXIF orientation is applied).
+    ``box``: ``(x0, y0, x1, y1)`` in pixels of the original image (after its EXIF orientation is applied),
+    as the model emitted it (a trained model gives ``x0 <= x1`` and ``y0 <= y1``; nothing is reordered).
     ``score``: ``exp`` of the mean log-prob of the 4 location tokens under the constrained distribution (a
     softmax over the location bins only), i.e. the geometric mean of the 4 bin probabilities.
     ``bins``: the 4 location-bin indices the model chose. ``text``: the expression as given.
