@@ -112,12 +112,6 @@ class OFA:
         # Free text reuses the caption task's input handling (prompt encoding, image loading).
         self._run_task = self.tasks["caption"]
         self._run_search = {**RUN_SEARCH, **search.get("run", {})}
-        lo, hi = tokenizer.bin_range
-        text_end = tokenizer.text_range[1] - (1 if tokenizer.mask_id == tokenizer.text_range[1] - 1 else 0)
-        # Text (without bos/pad/eos/unk/mask) and bins, then eos; never image codes in text mode.
-        self._run_constraint = TokenRange.union(
-            [(4, text_end), (lo, hi), (tokenizer.eos_id, tokenizer.eos_id + 1)]
-        )
 
     # ------------------------------------------------------------------ loading
 
@@ -323,7 +317,10 @@ class OFA:
         source = task.encode_source(instruction)
         example = Example("run", source, [self.tokenizer.eos_id], image, meta={"image_size": size})
         config = task.generation_config(**{**self._run_search, **search})
-        return _Prepared("run", example, config, self._run_constraint)
+        # What a caption may hold (text without specials, and eos) plus location bins; never image codes.
+        text = task.constraint(example)
+        ranges = [*text.ranges, self.tokenizer.bin_range] if isinstance(text, TokenRange) else None
+        return _Prepared("run", example, config, None if ranges is None else TokenRange.union(ranges))
 
     def _generate(self, prepared: list[_Prepared]) -> list[Hypothesis | None]:
         """One `generate` call for the chunk; the best hypothesis per request (None if none finished)."""
