@@ -1,0 +1,152 @@
+"""Offline code extraction: tokenize a whole image collection once and store the codes compactly.
+
+The file is safetensors: `codes` (N, h, w) uint16 and, for integer image ids, `ids` (N,) int64; string ids
+are kept as a JSON list in the header metadata. The metadata also records `codebook_size` and
+`image_size`, so a reader can check that the codes fit its vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ofa.data.images import ImageError, ImageLike, load_image
+from ofa.tokenization.image.configuration import ImageTokenizerError
+from ofa.tokenization.image.modeling import ImageTokenizer
+
+CODES_FORMAT = "ofa-image-codes"
+
+
+def image_to_unit_tensor(image: ImageLike, size: int) -> torch.Tensor:
+    """(3, size, size) float in [0, 1]: shorter side resized to `size` (Lanczos, as OFA's code extraction
+    does), then centre-cropped to a square."""
+    picture = load_image(image)
+    width, height = picture.size
+    scale = size / min(width, height)
+    resized = picture.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.LANCZOS
+    )
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    cropped = resized.crop((left, top, left + size, top + size))
+    array = np.asarray(cropped, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class ImageCodes:
+    """Codes read back from `extract_codes`: `codes[i]` (h, w) uint16 belongs to image `ids[i]`."""
+
+    ids: list[int] | list[str]
+    codes: np.ndarray
+    codebook_size: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def as_tensor(self) -> torch.Tensor:
+        """All codes as an int64 tensor (N, h, w), ready for `ImageTokenizer.decode`."""
+        return torch.from_numpy(self.codes.astype(np.int64))
+
+
+def _batches(
+    items: Iterable[tuple[int | str, ImageLike]], size: int
+) -> Iterator[list[tuple[int | str, ImageLike]]]:
+    batch: list[tuple[int | str, ImageLike]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def extract_codes(
+    tokenizer: ImageTokenizer,
+    images: Iterable[tuple[int | str, ImageLike]],
+    out_path: str | Path,
+    image_size: int | None = None,
+    batch_size: int = 32,
+) -> int:
+    """Encode `(image_id, image)` pairs and write their codes to `out_path` (safetensors); return the count.
+
+    Images are anything `ofa.data.images.load_image` accepts (paths, PIL images, arrays), resized and
+    centre-cropped to `image_size` (default: the tokenizer's resolution). Ids must be all integers or all
+    strings, and unique. The file is written to a temporary name and moved into place at the end.
+    """
+    from safetensors.numpy import save_file
+
+    size = tokenizer.config.resolution if image_size is None else int(image_size)
+    tokenizer.grid(size)  # validates the size
+    if batch_size < 1:
+        raise ImageTokenizerError(f"batch_size must be positive, got {batch_size}")
+    device = tokenizer.quant_conv.weight.device
+    ids: list[int | str] = []
+    chunks: list[np.ndarray] = []
+    for batch in _batches(images, batch_size):
+        tensors = []
+        for item in batch:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise ImageTokenizerError("images must yield (image_id, image) pairs")
+            image_id, image = item
+            try:
+                tensors.append(image_to_unit_tensor(image, size))
+            except ImageError as err:
+                raise ImageTokenizerError(f"image {image_id!r}: {err}") from None
+            ids.append(image_id)
+        codes = tokenizer.encode(torch.stack(tensors).to(device))
+        chunks.append(codes.cpu().numpy().astype(np.uint16))
+    if not ids:
+        raise ImageTokenizerError("no images to extract codes from")
+    int_ids = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
+    if not int_ids and not all(isinstance(i, str) for i in ids):
+        raise ImageTokenizerError("image ids must be all integers or all strings")
+    if len(set(ids)) != len(ids):
+        raise ImageTokenizerError("image ids are not unique")
+    tensors_out = {"codes": np.ascontiguousarray(np.concatenate(chunks))}
+    metadata = {
+        "format": CODES_FORMAT,
+        "codebook_size": str(tokenizer.codebook_size),
+        "image_size": str(size),
+    }
+    if int_ids:
+        tensors_out["ids"] = np.asarray(ids, dtype=np.int64)
+    else:
+        metadata["string_ids"] = json.dumps(ids, ensure_ascii=False)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    save_file(tensors_out, str(partial), metadata=metadata)
+    os.replace(partial, out_path)
+    return len(ids)
+
+
+def read_codes(path: str | Path) -> ImageCodes:
+    """Read a file written by `extract_codes`."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageTokenizerError(f"{path}: no such codes file")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = handle.metadata() or {}
+            names = set(handle.keys())
+            if metadata.get("format") != CODES_FORMAT or "codes" not in names:
+                raise ImageTokenizerError(f"{path}: not an image-codes file (format != {CODES_FORMAT!r})")
+            codes = handle.get_tensor("codes")
+            ids = handle.get_tensor("ids").tolist() if "ids" in names else json.loads(metadata["string_ids"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+        raise ImageTokenizerError(f"{path}: not a readable image-codes file: {err}") from None
+    if codes.dtype != np.uint16 or codes.ndim != 3 or len(ids) != codes.shape[0]:
+        raise ImageTokenizerError(f"{path}: codes {codes.dtype} {codes.shape} do not match {len(ids)} ids")
+    return ImageCodes(ids, codes, int(metadata["codebook_size"]), int(metadata["image_size"]))
