@@ -135,9 +135,25 @@ def _numpy_data_globals() -> list[Any]:
     return [numpy.dtype, numpy.ndarray, multiarray.scalar, multiarray._reconstruct, *classes]
 
 
+# Lightning < 1.5 keys each callback's saved state by the callback's class, so a checkpoint names classes
+# such as ModelCheckpoint. They are only dict keys there: stand-in classes take their place, nothing of
+# Lightning is imported or run.
+_LIGHTNING_CALLBACK_KEYS = [
+    (type(name.rsplit(".", 1)[1], (), {"__module__": __name__}), name)
+    for name in (
+        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+        "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    )
+]
+
+
 def safe_torch_load(file: str | Path) -> Any:
-    """`torch.load` that only builds tensors and plain data: containers, `argparse.Namespace`, numpy scalars."""
-    allowed: list[Any] = [argparse.Namespace, *_numpy_data_globals()]
+    """`torch.load` that only builds tensors and plain data: containers, `argparse.Namespace`, numpy scalars.
+
+    Lightning checkpoints load too: callback classes used as keys of their `callbacks` entry come back as
+    empty stand-in classes.
+    """
+    allowed: list[Any] = [argparse.Namespace, *_numpy_data_globals(), *_LIGHTNING_CALLBACK_KEYS]
     try:  # fairseq may store its config as OmegaConf containers: plain data, safe to rebuild when installed.
         from omegaconf import DictConfig, ListConfig
         from omegaconf.base import ContainerMetadata, Metadata
@@ -155,7 +171,7 @@ def safe_torch_load(file: str | Path) -> Any:
             raise CheckpointError(
                 f"{file}: cannot be read as a torch checkpoint (corrupt or truncated?): {_first_line(err)}"
             ) from None
-        known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+        known = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
         refused = [name for name in found if name not in known and not name.startswith(_DATA_GLOBAL_PREFIXES)]
         if refused:
             raise CheckpointError(
