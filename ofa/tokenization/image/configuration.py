@@ -130,5 +130,5 @@ class ImageTokenizerConfig:
             raise ImageTokenizerError(f"{source}: unknown image-tokenizer config keys {unknown}")
         try:
             return cls(**values)
-        except TypeError as err:
+        except (TypeError, ImageTokenizerError) as err:
             raise ImageTokenizerError(f"{source}: {err}") from None
