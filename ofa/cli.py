@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Score a checkpoint on one task: a split of the synthetic world or a data file; prints a table."""
     from ofa.evaluation.harness import evaluate
 
-    search = {"beam_size": args.beam} if args.beam else {}
+    search = {} if args.beam is None else {"beam_size": args.beam}
     results = evaluate(
         args.checkpoint, args.task, split=args.split, data=args.data, lang=args.lang, samples=args.samples,
         batch_size=args.batch_size, device=args.device, **search,

@@ -286,7 +286,9 @@ def test_bad_inputs_raise_clear_errors(ofa, checkpoint, tmp_path):
         ofa.caption(tmp_path / "missing.jpg")
     with pytest.raises(ImageError, match="9000x9000 is larger than the 64 M pixel limit"):
         ofa.caption(huge_png(tmp_path / "huge.png", 9000, 9000))
-    with pytest.raises(ImageError, match="input 1: the image is too large"):  # past PIL's own bomb limit
+    with pytest.raises(
+        ImageError, match="input 1: .*bomb.png: image too large to decode safely"
+    ):  # past PIL's own bomb limit
         ofa.caption([picture(), huge_png(tmp_path / "bomb.png", 40000, 40000)])
     with pytest.raises(TaskError, match="referring expression is empty"):
         ofa.ground(picture(), "   ")

@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 import yaml
-from PIL import Image
 
-from ofa.data.images import ImageError, ImageLike
+from ofa.data.images import ImageLike
 from ofa.generation import Constraint, GenerationConfig, Hypothesis, TokenRange, generate
 from ofa.models import OFAModel
 from ofa.tasks import Example, Task, TaskError, collate, get_task
@@ -265,8 +264,6 @@ class OFA:
         """Validate one request and build its example; errors keep their type and gain ``where``."""
         try:
             return self._build(request, search)
-        except Image.DecompressionBombError as err:  # PIL's own limit, above `load_image`'s pixel check
-            raise ImageError(f"{where}the image is too large to decode safely ({err})") from None
         except ValueError as err:
             if not where:
                 raise

@@ -36,6 +36,11 @@ def load_image(image: ImageLike, name: str | None = None) -> Image.Image:
                 _check_size(opened.size, label)
                 opened.load()
                 image = opened.copy()
+        except Image.DecompressionBombError:
+            # PIL refuses before our own size check can run; its error is not an OSError.
+            raise ImageError(
+                f"{path}: image too large to decode safely (PIL decompression-bomb limit)"
+            ) from None
         except (UnidentifiedImageError, OSError) as err:
             raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
     elif isinstance(image, torch.Tensor):
