@@ -147,6 +147,7 @@ class ImageTokenizer(nn.Module):
     def encode_latents(self, images: Tensor) -> Tensor:
         """Pre-quantization latents (B, embed_dim, h, w) of images in [0, 1]."""
         self._check_images(images)
+        images = images.to(self.quant_conv.weight.device)
         return self.quant_conv(self.encoder(images * 2.0 - 1.0))
 
     @torch.no_grad()
