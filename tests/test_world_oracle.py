@@ -6,9 +6,11 @@ and hand-built scenes whose relations are set by construction.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from ofa.data.world import SPLITS, Background, World, WorldConfig, WorldObject, render
 from ofa.data.world.schema import float_box, pixel_box
@@ -62,6 +64,23 @@ def test_parse_scene_recovers_world_scenes(image_size: int) -> None:
                 )
                 assert max(abs(a - b) for a, b in zip(twin.box, obj.box)) <= 2, (split, index, obj, twin)
     assert correct / total >= 0.99, f"scene accuracy {correct}/{total} at {image_size} px"
+
+
+@pytest.mark.parametrize("degrade", ["blur", "jpeg"])
+def test_parse_scene_tolerates_soft_images(degrade: str) -> None:
+    # Decoded images are soft: a 1 px Gaussian blur or JPEG at quality 75 still reads exactly at 96 px.
+    world = World(image_size=96)
+    for index in range(FIRST_INDEX, FIRST_INDEX + 30):
+        objects, background = world.layout("test", index)
+        image = render(objects, 96, background)
+        if degrade == "blur":
+            image = image.filter(ImageFilter.GaussianBlur(1))
+        else:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=75)
+            image = Image.open(buffer)
+        detected = parse_scene(image, world.config)
+        assert sorted(d.triple for d in detected) == sorted(o.triple for o in objects), index
 
 
 def test_parse_scene_reads_a_hand_built_scene() -> None:

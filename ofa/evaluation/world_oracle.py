@@ -61,8 +61,11 @@ _SEED_ALPHA = 0.6  # a pixel this covered votes for its object's colour
 _PURE_ALPHA = 0.85  # pixels this covered give an object's measured colour
 _BACKGROUND_TOLERANCE = 40.0  # RGB distance from the border colour still counted as background
 _MIN_BACKGROUND_LEVEL = 160.0  # world backgrounds are pale: every channel of the border median at least this
+# Templates are also compared blurred by these Gaussian sigmas (px) and the best match counts, so that soft
+# images (decoded image codes, JPEG) are read too; the pose from moments does not change under blur.
+_BLUR_SIGMAS = (0.0, 0.6, 1.0, 1.4)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
-_MIN_AREA_FRACTION = 0.35  # components smaller than this fraction of the smallest world object are specks
+_SPECK_FRACTION = 0.5  # components smaller than this fraction of the smallest world object are specks
 
 
 @dataclass(frozen=True)
@@ -273,24 +276,45 @@ def _fit_shape(
     centre = centroid + complex(*origin) - extent * model.centroid * turn - model.bias
     obj = _template_object(shape, centre, extent, rotation)
     template = _coverage(obj, supersample)
-    # Compare on the union of the measured patch and the template's box.
-    x0, y0 = min(origin[0], obj.box[0]), min(origin[1], obj.box[1])
-    x1 = max(origin[0] + alpha.shape[1], obj.box[2])
-    y1 = max(origin[1] + alpha.shape[0], obj.box[3])
-    canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    # Compare on the union of the measured patch and the template's box, with room for blur.
+    pad = 3
+    x0, y0 = min(origin[0], obj.box[0]) - pad, min(origin[1], obj.box[1]) - pad
+    x1 = max(origin[0] + alpha.shape[1], obj.box[2]) + pad
+    y1 = max(origin[1] + alpha.shape[0], obj.box[3]) + pad
+    measured = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    drawn = np.zeros_like(measured)
     oy, ox = origin[1] - y0, origin[0] - x0
-    canvas[oy : oy + alpha.shape[0], ox : ox + alpha.shape[1]] = alpha
-    canvas[obj.box[1] - y0 : obj.box[3] - y0, obj.box[0] - x0 : obj.box[2] - x0] -= template
-    return float(np.abs(canvas).sum() / mass), obj
+    measured[oy : oy + alpha.shape[0], ox : ox + alpha.shape[1]] = alpha
+    drawn[obj.box[1] - y0 : obj.box[3] - y0, obj.box[0] - x0 : obj.box[2] - x0] = template
+    error = min(float(np.abs(measured - _blur(drawn, sigma)).sum()) for sigma in _BLUR_SIGMAS)
+    return error / mass, obj
 
 
-def _object_regions(best: np.ndarray, alpha: np.ndarray, min_area: float) -> tuple[np.ndarray, list[int]]:
+@cache
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    taps = np.arange(-3, 4, dtype=np.float32)
+    kernel = np.exp(-0.5 * (taps / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (7 taps, zero outside); ``sigma == 0`` returns the image."""
+    if not sigma:
+        return image
+    kernel = _gaussian_kernel(sigma)
+    return ndimage.correlate1d(
+        ndimage.correlate1d(image, kernel, 0, mode="constant"), kernel, 1, mode="constant"
+    )
+
+
+def _object_regions(best: np.ndarray, alpha: np.ndarray, object_area: float) -> tuple[np.ndarray, list[int]]:
     """Label image of object regions (0 = background) and the palette index of each region (label - 1).
 
     Foreground pixels group into 8-connected blobs, and a blob's colour is decided by the alpha-weighted
     votes of its confident pixels, so a fringe of another hue (antialiasing, compression ringing) cannot
-    form an object of its own. A blob is split only where a second colour has at least ``min_area`` of
-    votes (touching objects of different colours); each pixel then joins its nearest confident pixel.
+    form an object of its own. A blob is split only where a second colour has votes worth a whole object
+    (``object_area``, the smallest object's area: touching objects of different colours); each pixel then
+    joins its nearest confident pixel.
     """
     foreground = alpha >= _FOREGROUND_ALPHA
     blobs, _ = ndimage.label(foreground, structure=_EIGHT)
@@ -302,7 +326,7 @@ def _object_regions(best: np.ndarray, alpha: np.ndarray, min_area: float) -> tup
         colours, weights = best[window], alpha[window]
         seeds = blob & (weights >= _SEED_ALPHA)
         votes = np.bincount(colours[seeds], weights=weights[seeds], minlength=n_colours)
-        strong = np.flatnonzero(votes >= min_area)
+        strong = np.flatnonzero(votes >= object_area)
         local = regions[window]  # a view: writes land in ``regions``
         if len(strong) <= 1:
             if not seeds.any():  # faint blob: let all its pixels vote
@@ -351,11 +375,9 @@ def parse_scene(image: Image.Image | np.ndarray, config: WorldConfig | None = No
     best, alpha = _classify_pixels(diff, background, palette)
 
     small_lo = cfg.small_extent[0] * n
-    min_area = (
-        _MIN_AREA_FRACTION * min(_shape_model(s, cfg.supersample).area for s in cfg.shapes) * small_lo**2
-    )
+    smallest_area = min(_shape_model(s, cfg.supersample).area for s in cfg.shapes) * small_lo**2
     size_boundary = math.sqrt(cfg.small_extent[1] * cfg.large_extent[0]) * n
-    component, colour_of = _object_regions(best, alpha, min_area)
+    component, colour_of = _object_regions(best, alpha, smallest_area)
     h, w = component.shape
 
     detected: list[DetectedObject] = []
@@ -374,7 +396,7 @@ def parse_scene(image: Image.Image | np.ndarray, config: WorldConfig | None = No
         obj_alpha, _ = _unmix(diff[ys, xs], measured - background[ys, xs])
         obj_alpha = np.where(own, obj_alpha, 0.0)
         area = float(obj_alpha.sum())
-        if area < min_area:
+        if area < _SPECK_FRACTION * smallest_area:
             continue
         k = colour_of[i - 1]
         rows, cols = np.nonzero(own)
