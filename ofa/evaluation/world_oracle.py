@@ -22,10 +22,11 @@ How an image is parsed
        rasteriser and compared (L1, also against slightly blurred drawings) with the measured coverage; the
        best fit wins. Its extent decides small vs large, its geometry gives box and centre.
 
-Measured on rendered world scenes (``World.layout`` + ``render``, scenes 1000-1499 of each split, i.e. 2,000
-per size): the object list (colour, shape, size) is exact in 100 % of scenes at 64, 96 and 128 px, 99.95 % at
-48 px and 98.3 % at 32 px (small circles and hexagons are 4 px wide there); every box is within 1 px. With a
-1 px Gaussian blur or JPEG at quality 75, 96 and 128 px scenes still read exactly (400 / 400 each).
+Measured on rendered world scenes (``bench/world_oracle_accuracy.py``: ``World.layout`` + ``render``, scenes
+1000-1499 of each split, i.e. 2,000 per size): the object list (colour, shape, size) is exact in 100 % of
+scenes at 64, 96 and 128 px, 99.95 % at 48 px and 98.3 % at 32 px (small circles and hexagons are 4 px wide
+there); every box is within 1 px. Soft images (400 scenes per size): after a 1 px Gaussian blur 100 % at 96 and
+128 px, 98 % at 64 px; after JPEG at quality 75 100 % at 128 px, 99.75 % at 96 px, 97.25 % at 64 px.
 """
 
 from __future__ import annotations
