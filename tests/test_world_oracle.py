@@ -31,7 +31,7 @@ FIRST_INDEX = 1000
 def make_object(
     shape: str, colour: str, size: str, cx: float, cy: float, rotation: float = 0.0
 ) -> WorldObject:
-    """A world object on a 128 px canvas at the middle of the world's size ranges (34 px large, 19 px small)."""
+    """A world object on a 128 px canvas, sized inside the world's ranges (large 38 px, small 19 px)."""
     extent = 38.0 if size == "large" else 19.0
     rotation = 0.0 if shape == "circle" else rotation
     box = pixel_box(float_box(shape, cx, cy, extent, rotation))
