@@ -1,0 +1,198 @@
+"""`ofa.demo` without a browser: the box drawing against a hand-built mask, every message a bad input gets,
+and the upload check of the Gradio image component. The browser test is `test_demo_browser.py`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ofa import OFA
+from ofa.api import CaptionResult, GroundingResult
+from ofa.demo import BOX_COLOUR, DemoBackend, draw_box, world_examples
+from ofa.demo.app import NO_BOX, NO_EXPRESSION, NO_IMAGE
+from tests.test_api import huge_png, make_checkpoint
+
+
+def outline_mask(
+    height: int, width: int, left: int, top: int, right: int, bottom: int, line: int
+) -> np.ndarray:
+    """Pixels of an inclusive rectangle minus its interior shrunk by `line`: what an inner outline covers."""
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : bottom + 1, left : right + 1] = True
+    mask[top + line : bottom + 1 - line, left + line : right + 1 - line] = False
+    return mask
+
+
+def test_draw_box_outlines_the_rounded_box_inside_it():
+    image = Image.new("RGB", (20, 12), (10, 20, 30))
+    drawn = draw_box(image, (2.4, 3.6, 11.7, 9.2), width=2)
+    # By hand: x 2.4 -> 2, 11.7 -> 12; y 3.6 -> 4, 9.2 -> 9.
+    expected = outline_mask(12, 20, left=2, top=4, right=12, bottom=9, line=2)
+    pixels = np.asarray(drawn)
+    assert np.array_equal((pixels == BOX_COLOUR).all(axis=-1), expected)
+    assert (pixels[~expected] == (10, 20, 30)).all()
+    assert np.asarray(image).max() == 30  # the input is left untouched
+
+
+def test_draw_box_orders_and_clips_corners():
+    image = Image.new("RGB", (16, 10), "white")
+    drawn = np.asarray(draw_box(image, (30.0, 7.2, -5.0, 1.0), colour=(0, 0, 255), width=1))
+    expected = outline_mask(10, 16, left=0, top=1, right=15, bottom=7, line=1)
+    assert np.array_equal((drawn == (0, 0, 255)).all(axis=-1), expected)
+
+
+def test_draw_box_fills_boxes_too_thin_for_an_outline():
+    image = Image.new("RGB", (12, 12), "white")
+    drawn = np.asarray(draw_box(image, (5.2, 9.0, 4.8, 2.0), width=2))  # x0 == x1 after rounding
+    expected = np.zeros((12, 12), dtype=bool)
+    expected[2:10, 5] = True
+    assert np.array_equal((drawn == BOX_COLOUR).all(axis=-1), expected)
+
+
+def test_world_examples_are_scene_files_with_their_expressions(tmp_path):
+    from ofa.data.world import World
+
+    examples = world_examples(2, folder=tmp_path)
+    assert [e.lang for e in examples] == ["en", "zh"]
+    for index, example in enumerate(examples):
+        scene = World(seed=0).scene("val", index)
+        assert example.image.parent == tmp_path
+        assert np.array_equal(np.asarray(Image.open(example.image)), np.asarray(scene.image))
+        assert example.expression in {r.text for r in scene.refs_for(example.lang)}
+
+
+class StubModel:
+    """Records calls and answers with fixed results (or raises), to check the backend's messages."""
+
+    def __init__(self, box=(1.0, 2.0, 5.0, 6.0), error: Exception | None = None) -> None:
+        self.box, self.error, self.calls = box, error, []
+
+    def caption(self, image, lang="en", **search):
+        self.calls.append(("caption", lang, search))
+        if self.error:
+            raise self.error
+        return CaptionResult("a red star", 0.51234, lang)
+
+    def ground(self, image, text, **search):
+        self.calls.append(("ground", text, search))
+        if self.error:
+            raise self.error
+        return GroundingResult(self.box, 0.25, text)
+
+
+def test_backend_answers_with_results_and_passes_search_settings():
+    model = StubModel()
+    backend = DemoBackend(model, search={"beam_size": 2})
+    text, score, status = backend.caption(Image.new("RGB", (8, 8)), "zh")
+    assert (text, score) == ("a red star", 0.5123) and status.startswith("Done in")
+    drawn, box, score, status = backend.ground(Image.new("RGB", (8, 8)), "  the red star ")
+    assert box == "1.0, 2.0, 5.0, 6.0" and score == 0.25 and drawn.size == (8, 8)
+    assert model.calls == [("caption", "zh", {"beam_size": 2}), ("ground", "the red star", {"beam_size": 2})]
+
+
+def test_backend_turns_bad_input_into_messages():
+    notes: list[str] = []
+    model = StubModel()
+    backend = DemoBackend(model, notify=notes.append)
+    assert backend.caption(None, "en") == ("", None, f"⚠️ {NO_IMAGE}")
+    assert backend.ground(Image.new("RGB", (8, 8)), "   ") == (None, "", None, f"⚠️ {NO_EXPRESSION}")
+    assert backend.ground(None, "the star")[-1] == f"⚠️ {NO_IMAGE}"
+    assert model.calls == []  # nothing reached the model
+    assert notes == [NO_IMAGE, NO_EXPRESSION, NO_IMAGE]
+
+    failing = DemoBackend(StubModel(error=ValueError("caption: <bad> lang")), notify=notes.append)
+    assert (
+        failing.caption(Image.new("RGB", (8, 8)), "xx")[-1]
+        == "⚠️ Cannot caption this image: caption: <bad> lang"
+    )
+    assert notes[-1] == "Cannot caption this image: caption: &lt;bad&gt; lang"  # pop-ups render HTML
+
+    image, box, score, status = DemoBackend(StubModel(box=(math.nan,) * 4)).ground(
+        Image.new("RGB", (8, 8)), "x"
+    )
+    assert image.size == (8, 8) and (box, score, status) == ("", None, f"⚠️ {NO_BOX}")
+
+
+@pytest.fixture(scope="module")
+def ofa(tmp_path_factory) -> OFA:
+    return OFA.from_pretrained(make_checkpoint(tmp_path_factory.mktemp("ckpt")))
+
+
+def test_backend_reports_oversized_and_unreadable_images(ofa, tmp_path):
+    backend = DemoBackend(ofa)
+    huge = huge_png(tmp_path / "huge.png", 9000, 9000)
+    message = backend.caption(str(huge), "en")[-1]
+    assert message == "⚠️ Cannot caption this image: huge.png: 9000x9000 is larger than the 64 M pixel limit"
+    assert "larger than the 64 M pixel limit" in backend.ground(str(huge), "the star")[-1]
+    bomb = huge_png(tmp_path / "bomb.png", 40000, 40000)  # past PIL's own limit
+    assert "too large" in backend.ground(str(bomb), "the star")[-1]
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    assert "not a readable image" in backend.caption(str(notes), "en")[-1]
+
+
+def test_backend_box_is_the_models_box(ofa):
+    image = Image.new("RGB", (96, 64), (200, 200, 200))
+    expected = ofa.ground(image, "the red star")
+    drawn, box, score, status = DemoBackend(ofa).ground(image, "the red star")
+    assert box == ", ".join(f"{v:.1f}" for v in expected.box) and score == round(expected.score, 4)
+    assert drawn.size == (96, 64) and (np.asarray(drawn) == BOX_COLOUR).all(axis=-1).any()
+
+
+def test_build_demo_has_a_tab_per_task(ofa, tmp_path):
+    pytest.importorskip("gradio")
+    from ofa.demo import build_demo
+
+    demo = build_demo(ofa, examples=world_examples(1, folder=tmp_path))
+    labels = [block.label for block in demo.blocks.values() if type(block).__name__ == "Tab"]
+    assert labels == ["Caption", "Grounding"]
+    assert Path(tmp_path / "world-val-0.png").is_file()
+
+
+def test_cli_demo_errors_are_one_line(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    from ofa.cli import main
+
+    assert main(["demo", "--checkpoint", str(tmp_path / "missing")]) == 1
+    assert "missing not found" in capsys.readouterr().err
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--checkpoint", str(checkpoint), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ofa demo: error: ") and str(port) in err and "\n" not in err
+
+
+def test_concurrent_users_all_get_answers(ofa, tmp_path):
+    pytest.importorskip("gradio")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    from ofa.demo import launch
+    from tests.test_demo_browser import free_port
+
+    examples = world_examples(2, folder=tmp_path)
+    demo, url = launch(ofa, port=free_port(), block=False, quiet=True, examples=examples)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        requests = [(e.image, lang) for e in examples for lang in ("en", "zh")] * 2
+        with ThreadPoolExecutor(len(requests)) as pool:
+            jobs = [
+                pool.submit(client.predict, handle_file(str(p)), lang, api_name="/caption")
+                for p, lang in requests
+            ]
+            answers = [job.result(timeout=60) for job in jobs]
+    finally:
+        demo.close()
+    for (path, lang), (text, score, status) in zip(requests, answers):
+        expected = ofa.caption(str(path), lang=lang)
+        assert (text, score) == (expected.text, round(expected.score, 4)) and status.startswith("Done in")
