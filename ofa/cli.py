@@ -182,6 +182,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the browser demo (a caption tab and a grounding tab) for a checkpoint until interrupted."""
+    from ofa.demo import launch
+
+    ofa = _load_ofa(args)
+    try:
+        launch(ofa, host=args.host, port=args.port, search=_search(args))
+    except ImportError as err:  # gradio missing or broken
+        print(f"ofa demo: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa", description="Unified OFA-style multimodal models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -222,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instruction", help="the prompt, passed to the model as written")
     p.add_argument("--image", metavar="IMAGE", help="an image file to go with the instruction")
     p.add_argument("--max-len", type=int, metavar="N", help="most tokens to generate (default: 32)")
+    add_model_options(p)
+
+    p = add("demo", cmd_demo, "serve the browser demo")
+    p.epilog = "example: ofa demo --port 7860, then open http://127.0.0.1:7860"
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     add_model_options(p)
 
     p = add("convert", cmd_convert, "convert an official checkpoint into our format")
