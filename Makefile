@@ -4,14 +4,25 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup browser run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The demo's browser test drives Debian's chromium (never a downloaded browser), plus a CJK font for the
+# Chinese examples; installed when missing and root or passwordless sudo is available, else the test skips.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "note: no $(CHROMIUM) and no root: the browser test will skip"; exit 0; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium fonts-wqy-microhei; } >/dev/null 2>&1 \
+	    || echo "note: could not install chromium: the browser test will skip"; }
 
 # The main job on the embedded default: the kernel/decoding benchmark on a tiny model (see README).
 run: setup
