@@ -80,6 +80,17 @@ def test_caption_targets_and_constraint(tokenizer, world):
     assert image_to_tensor(sample["image"], 96).shape == example.image.shape
 
 
+def test_caption_train_target_first_always_takes_the_canonical_caption(tokenizer, world):
+    task = get_task("caption")(tokenizer, image_size=96, train_target="first")
+    sample = WorldSource(world, "train", "caption", "en")[5]
+    assert len(set(sample["captions"])) > 1
+    rng = random.Random(0)
+    targets = {tokenizer.decode(task.build(sample, train=True, rng=rng).target) for _ in range(20)}
+    assert targets == {sample["captions"][0]}  # decode drops the leading space of the BPE target
+    with pytest.raises(TaskError, match="train_target must be one of"):
+        get_task("caption")(tokenizer, train_target="longest")
+
+
 def test_mixed_task_batch_decodes_with_per_sample_constraints(tokenizer, world):
     """One batch holds caption and grounding samples; each sample obeys its own task's constraint."""
     from ofa.models import OFAConfig, OFAModel

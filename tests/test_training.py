@@ -226,6 +226,25 @@ def test_stream_is_deterministic_and_mixes_tasks(tmp_path):
     assert picked == {"captionen", "captionzh", "groundingen", "groundingzh"}
 
 
+def test_task_options_reach_the_task_and_are_checked(tmp_path):
+    from ofa.training.data import MixtureDataModule
+    from ofa.training.run import load_tokenizer
+
+    values = tiny_recipe(tmp_path / "out")
+    values["data"]["task_options"] = {"caption": {"train_target": "first"}}
+    recipe = recipe_from_dict(values)
+    assert MixtureDataModule(recipe, load_tokenizer(recipe), 64).tasks["caption"].train_target == "first"
+    for options, message in (
+        ({"itm": {}}, "not in the mixture"),
+        ({"caption": {"train_target": "longest"}}, "train_target must be one of"),
+        ({"caption": {"bogus": 1}}, "bogus"),
+    ):
+        values["data"]["task_options"] = options
+        recipe = recipe_from_dict(values)
+        with pytest.raises(RecipeError, match=message):
+            MixtureDataModule(recipe, load_tokenizer(recipe), 64)
+
+
 # -------------------------------------------------------------------------------------------------- runs
 def test_loss_decreases_and_final_export_loads(tmp_path):
     from ofa.models import OFAModel

@@ -2,7 +2,8 @@
 
 Sample: ``{"image": PIL image | path | array, "captions": [str, ...], "lang": "en" | "zh", "id": any}``;
 optionally ``"objects"`` (world scenes: (size, colour, shape) per object) for the object-F1 metric.
-Training picks one caption at random; evaluation scores the generated caption against all of them.
+Training picks one caption at random (``train_target="random"``) or always the first one (``"first"``: for world
+scenes the canonical caption, objects from left to right); evaluation scores the generated caption against all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from .base import Example, Task, TaskError, clean_text, register_task
 class CaptionTask(Task):
     name = "caption"
     prompts = {"en": " what does the image describe?", "zh": "图片描述了什么？"}
+    TRAIN_TARGETS = ("random", "first")
+
+    def __init__(self, *args: Any, train_target: str = "random", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if train_target not in self.TRAIN_TARGETS:
+            raise TaskError(
+                f"caption: train_target must be one of {self.TRAIN_TARGETS}, got {train_target!r}"
+            )
+        self.train_target = train_target
 
     def build(self, sample: dict[str, Any], train: bool = False, rng: Any = None) -> Example:
         lang = self.language(sample)
@@ -25,7 +35,8 @@ class CaptionTask(Task):
         if not captions:
             raise TaskError(f"caption: sample {sample.get('id', '?')} has no non-empty caption")
         image, size = self.load_image(sample)
-        chosen = rng.choice(captions) if (train and rng is not None) else captions[0]
+        pick_random = train and rng is not None and self.train_target == "random"
+        chosen = rng.choice(captions) if pick_random else captions[0]
         target_text = " " + clean_text(chosen) if lang == "en" else chosen.strip()
         meta = {"id": sample.get("id"), "lang": lang, "references": captions, "image_size": size}
         if "objects" in sample:

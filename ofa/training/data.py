@@ -45,17 +45,32 @@ def make_world(recipe: Recipe, image_size: int) -> World:
 
 
 def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
-    """One task object per task name in the mixture."""
+    """One task object per task name in the mixture, with the recipe's `data.task_options` for it."""
+    from ofa.tasks import TaskError
+
+    names = {comp.task for comp in recipe.data.mixture}
+    stray = sorted(set(recipe.data.task_options) - names)
+    if stray:
+        raise RecipeError(f"{recipe.source}: data.task_options names tasks not in the mixture: {stray}")
     tasks = {}
     for comp in recipe.data.mixture:
         if comp.task not in tasks:
-            tasks[comp.task] = get_task(comp.task)(
-                tokenizer,
-                image_size=image_size,
-                max_source_length=recipe.data.max_source_length,
-                max_target_length=recipe.data.max_target_length,
-                search=recipe.eval.search.get(comp.task) if search else None,
-            )
+            options = recipe.data.task_options.get(comp.task) or {}
+            if not isinstance(options, dict):
+                raise RecipeError(f"{recipe.source}: data.task_options.{comp.task} must be a mapping")
+            try:
+                tasks[comp.task] = get_task(comp.task)(
+                    tokenizer,
+                    image_size=image_size,
+                    max_source_length=recipe.data.max_source_length,
+                    max_target_length=recipe.data.max_target_length,
+                    search=recipe.eval.search.get(comp.task) if search else None,
+                    **options,
+                )
+            except TypeError as err:
+                raise RecipeError(f"{recipe.source}: data.task_options.{comp.task}: {err}") from None
+            except TaskError as err:
+                raise RecipeError(f"{recipe.source}: data.task_options.{comp.task}: {err}") from None
     return tasks
 
 

@@ -80,6 +80,8 @@ class DataSection:
     max_source_length: int = 128
     max_target_length: int = 64
     num_workers: int = 0
+    # Per task constructor options, e.g. {caption: {train_target: first}} (see each task's docstring).
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
