@@ -7,6 +7,7 @@ fairseq command line translates one to one: ``--beam 5 --max-len-b 16 --no-repea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -43,6 +44,10 @@ class GenerationConfig:
     # For sampling this is the number of independent samples drawn per prompt (all in one batch).
     num_return_sequences: int | None = None
     use_cache: bool = True
+    # Classifier-free guidance (greedy and sampling): logits = cond + guidance_scale * (cond - uncond), where
+    # uncond comes from the unconditional inputs given to `generate`. 0 = unguided (the unconditional pass is
+    # skipped); s here equals s + 1 in the "uncond + w * (cond - uncond)" convention.
+    guidance_scale: float = 0.0
     # Sampling only: a seed makes a fresh torch.Generator on the model's device; a generator is used as is.
     seed: int | None = None
     generator: torch.Generator | None = field(default=None, repr=False, compare=False)
@@ -88,6 +93,14 @@ class GenerationConfig:
             raise ValueError(f"special token ids must be >= 0, got bos/pad/eos/unk = {ids}")
         if len({self.pad_token_id, self.eos_token_id}) != 2 or self.bos_token_id == self.pad_token_id:
             raise ValueError(f"pad must differ from bos and eos, got bos/pad/eos/unk = {ids}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (0 = off), got {self.guidance_scale}"
+            )
+        if self.guidance_scale and self.strategy == "beam":
+            raise ValueError(
+                "classifier-free guidance (guidance_scale > 0) needs strategy 'sample' or 'greedy'"
+            )
         if self.seed is not None and self.generator is not None:
             raise ValueError("give either seed or generator, not both")
 

@@ -7,6 +7,10 @@ reorders as beams move (``use_cache=True``). Both paths must give the same token
 Beam search reproduces fairseq's ``SequenceGenerator`` (which OFA evaluates with) step for step:
 2*beam candidates per input, eos candidates among the first ``beam`` finish in rank order, an input stops
 when ``beam`` hypotheses have finished or at ``max_len``, and finished inputs leave the batch.
+
+Greedy search and sampling also do classifier-free guidance (``GenerationConfig.guidance_scale``): every row
+decodes together with an unconditional twin in one batch sharing the KV cache, and the search scores
+``cond + scale * (cond - uncond)`` logits.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .config import GenerationConfig
@@ -115,6 +120,61 @@ class _StepDecoder:
             self.encoder_out = self.encoder_out.index_select(index)
 
 
+class _GuidedStepDecoder:
+    """Classifier-free guidance around a :class:`_StepDecoder` that holds 2R rows: the R search rows, then
+    their unconditional twins in the same order. Both halves always decode the same prefix, so one decoder
+    call (and one KV cache) serves both; the search sees R rows of ``cond + scale * (cond - uncond)``."""
+
+    def __init__(self, inner: _StepDecoder, scale: float) -> None:
+        self.inner = inner
+        self.scale = scale
+        self.rows = inner.encoder_out.last_hidden_state.size(0) // 2
+
+    def next_logits(self, prefix: Tensor) -> Tensor:
+        cond, uncond = self.inner.next_logits(torch.cat([prefix, prefix])).float().chunk(2)
+        return cond + self.scale * (cond - uncond)
+
+    def select_rows(self, index: Tensor, same_inputs: bool) -> None:
+        self.inner.select_rows(torch.cat([index, index + self.rows]), same_inputs)
+        self.rows = index.numel()
+
+
+def _num_inputs(encoder_out: EncoderOutputLike, config: GenerationConfig) -> int:
+    """Inputs being searched: the encoder's rows, or half of them under guidance (see :func:`_row_decoder`)."""
+    rows = _batch_size(encoder_out)
+    if not config.guidance_scale:
+        return rows
+    if rows % 2:
+        raise ValueError(
+            f"with guidance_scale > 0 the encoder output must hold the inputs followed by their unconditional "
+            f"twins, got an odd number of rows ({rows})"
+        )
+    return rows // 2
+
+
+def _row_decoder(
+    model: Seq2SeqModel,
+    encoder_out: EncoderOutputLike,
+    code_masks: Tensor | None,
+    config: GenerationConfig,
+    row_sample: Tensor,
+) -> _StepDecoder | _GuidedStepDecoder:
+    """The step decoder of one-row-per-hypothesis searches; ``row_sample`` is the input of each row.
+
+    Without guidance the encoder output holds one row per input. With guidance it holds the B inputs, then
+    their B unconditional twins, and each search row is paired with its input's twin.
+    """
+    if not config.guidance_scale:
+        if row_sample.numel() != _batch_size(encoder_out):
+            encoder_out = encoder_out.index_select(row_sample)
+            code_masks = None if code_masks is None else code_masks.index_select(0, row_sample)
+        return _StepDecoder(model, encoder_out, code_masks, config.use_cache)
+    twins = torch.cat([row_sample, row_sample + _num_inputs(encoder_out, config)])
+    masks = None if code_masks is None else code_masks.index_select(0, row_sample).repeat(2)
+    inner = _StepDecoder(model, encoder_out.index_select(twins), masks, config.use_cache)
+    return _GuidedStepDecoder(inner, config.guidance_scale)
+
+
 class _Rules:
     """Turns logits into scored log-probs for a set of rows (config rules plus per-sample constraints)."""
 
@@ -185,13 +245,15 @@ def greedy_search(
     """Argmax at every step (lowest id on ties) under the same rules as beam search.
 
     Equal to fairseq's beam search with ``beam_size=1``. An input stops at eos or at ``max_len``; an input
-    whose every token is banned stops with no hypothesis.
+    whose every token is banned stops with no hypothesis. With ``config.guidance_scale > 0`` the encoder
+    output holds the B inputs followed by their B unconditional twins (``generate`` builds it) and
+    ``code_masks`` has B entries.
     """
-    batch = _batch_size(encoder_out)
+    batch = _num_inputs(encoder_out, config)
     max_len = config.max_length(src_len)
     rules = _Rules(config, constraints, batch, max_len)
     row_sample = torch.arange(batch, device=encoder_out.last_hidden_state.device)
-    decoder = _StepDecoder(model, encoder_out, code_masks, config.use_cache)
+    decoder = _row_decoder(model, encoder_out, code_masks, config, row_sample)
     tokens, scores = _buffers(batch, max_len, config, row_sample.device)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
@@ -220,7 +282,7 @@ def _retire_rows(
     max_len: int,
     config: GenerationConfig,
     results: list[list[Hypothesis]],
-    decoder: _StepDecoder,
+    decoder: _StepDecoder | _GuidedStepDecoder,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """One-row-per-hypothesis searches: finalize rows that chose eos (or reached max_len), drop dead rows.
 
@@ -363,10 +425,11 @@ def sample(
 
     Each step draws from the rule-processed distribution after temperature, top-k and top-p. Scores are the
     drawn tokens' log-probs before the top-k/top-p cut (fairseq's ``Sampling``). A draw stops at eos or
-    ``max_len``. Per input the samples are returned best score first.
+    ``max_len``. Per input the samples are returned best score first. Guidance as in :func:`greedy_search`;
+    the scores are then log-probs of the guided distribution, the one the tokens were drawn from.
     """
     per_input = config.num_returned
-    batch = _batch_size(encoder_out)
+    batch = _num_inputs(encoder_out, config)
     device = encoder_out.last_hidden_state.device
     max_len = config.max_length(src_len)
     rules = _Rules(config, constraints, batch, max_len)
@@ -375,10 +438,7 @@ def sample(
         generator = torch.Generator(device=device).manual_seed(config.seed)
 
     row_sample = torch.arange(batch, device=device).repeat_interleave(per_input)
-    if per_input > 1:
-        encoder_out = encoder_out.index_select(row_sample)
-        code_masks = None if code_masks is None else code_masks.index_select(0, row_sample)
-    decoder = _StepDecoder(model, encoder_out, code_masks, config.use_cache)
+    decoder = _row_decoder(model, encoder_out, code_masks, config, row_sample)
     tokens, scores = _buffers(row_sample.numel(), max_len, config, device)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
@@ -418,6 +478,7 @@ def generate(
     code_masks: Tensor | Sequence[bool] | None = None,
     *,
     src_len: int | None = None,
+    unconditional_inputs: Mapping[str, Any] | Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Encode (unless given an encoder output) and search; one list of hypotheses per input, best first.
 
@@ -426,17 +487,34 @@ def generate(
     ``input_ids.size(1)``; with an ``EncoderOutput`` it must be given when ``max_len_a`` is not 0.
     ``constraints``: one per input (None = unconstrained). ``code_masks``: (B,) bool, True puts that input's
     decoder in image-code mode. The model should be in eval mode, or dropout makes every step random.
+
+    Classifier-free guidance (``config.guidance_scale > 0``, greedy or sampling): ``unconditional_inputs``
+    holds one unconditional twin per input (e.g. the prompt with an empty caption), as input_ids or a mapping
+    with the same keys. Inputs and twins are encoded as one batch (input_ids right-padded with pad to one
+    length) and decoded as one batch; each step scores ``cond + s * (cond - uncond)``. With
+    ``guidance_scale == 0`` the twins are not run at all, so the result is exactly unguided decoding.
     """
     config = config if config is not None else GenerationConfig()
     config.validate()
+    guided = bool(config.guidance_scale)
+    if guided and unconditional_inputs is None:
+        raise ValueError("guidance_scale > 0 needs unconditional_inputs (one unconditional twin per input)")
     if isinstance(inputs, Tensor):
         inputs = {"input_ids": inputs}
     if isinstance(inputs, Mapping):
         input_ids = inputs.get("input_ids")
         if src_len is None:
             src_len = 0 if input_ids is None else input_ids.size(1)
-        encoder_out = model.encode(**inputs)
+        if guided:
+            encoder_out = model.encode(**_stack_inputs(inputs, unconditional_inputs, config.pad_token_id))
+        else:
+            encoder_out = model.encode(**inputs)
     elif isinstance(inputs, EncoderOutputLike):
+        if guided:
+            raise TypeError(
+                "classifier-free guidance needs input_ids or a mapping of encoder inputs (inputs and their "
+                "unconditional twins are encoded as one batch), not an EncoderOutput"
+            )
         encoder_out = inputs
         if src_len is None:
             if config.max_len_a != 0:
@@ -447,7 +525,7 @@ def generate(
             f"inputs must be input_ids, a mapping or an EncoderOutput, got {type(inputs).__name__}"
         )
 
-    batch = _batch_size(encoder_out)
+    batch = _num_inputs(encoder_out, config)
     device = encoder_out.last_hidden_state.device
     if code_masks is not None:
         code_masks = torch.as_tensor(code_masks, dtype=torch.bool, device=device)
@@ -459,6 +537,43 @@ def generate(
     if config.strategy == "beam":
         results = [hyps[: config.num_returned] for hyps in results]
     return results
+
+
+def _stack_inputs(
+    inputs: Mapping[str, Any], unconditional: Mapping[str, Any] | Tensor | None, pad_token_id: int
+) -> dict[str, Any]:
+    """One encoder batch: the inputs, then their unconditional twins (input_ids right-padded to one length)."""
+    if isinstance(unconditional, Tensor):
+        unconditional = {"input_ids": unconditional}
+    if not isinstance(unconditional, Mapping):
+        raise TypeError(
+            f"unconditional_inputs must be input_ids or a mapping, got {type(unconditional).__name__}"
+        )
+    if set(inputs) != set(unconditional):
+        raise ValueError(
+            f"unconditional_inputs need the same keys as the inputs: {sorted(inputs)} vs {sorted(unconditional)}"
+        )
+    stacked: dict[str, Any] = {}
+    for key, cond in inputs.items():
+        uncond = unconditional[key]
+        if cond is None or uncond is None:
+            if cond is not None or uncond is not None:
+                raise ValueError(f"{key} is None in only one of inputs and unconditional_inputs")
+            stacked[key] = None
+            continue
+        if not isinstance(cond, Tensor) or not isinstance(uncond, Tensor):
+            raise TypeError(f"{key}: expected tensors in inputs and unconditional_inputs")
+        if cond.size(0) != uncond.size(0):
+            raise ValueError(
+                f"{key}: {cond.size(0)} inputs but {uncond.size(0)} unconditional twins; give one each"
+            )
+        if key == "input_ids":
+            length = max(cond.size(1), uncond.size(1))
+            cond, uncond = (F.pad(t, (0, length - t.size(1)), value=pad_token_id) for t in (cond, uncond))
+        elif cond.shape[1:] != uncond.shape[1:]:
+            raise ValueError(f"{key}: shapes {tuple(cond.shape)} and {tuple(uncond.shape)} do not stack")
+        stacked[key] = torch.cat([cond, uncond.to(cond.device)])
+    return stacked
 
 
 @torch.no_grad()
