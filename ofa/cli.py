@@ -195,6 +195,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_imagine(args: argparse.Namespace) -> int:
+    """Draw the picture a text describes: samples --n pictures, reranks them and writes the best to -o.
+
+    Reranking scores each picture by how likely the model finds the text as its caption (the score printed).
+    The checkpoint needs an image tokenizer in its image_tokenizer/ sub-folder.
+    """
+    ofa = _load_ofa(args)
+    results = ofa.generate_image(
+        args.text, n=args.n, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed, rerank=not args.no_rerank,
+    )  # fmt: skip
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(results))]
+    for result, path in zip(results, paths if args.save_all else paths[:1]):
+        result.image.save(path)
+    if args.json:
+        print(json.dumps({"output": str(out), "results": [r.to_dict() for r in results]}))
+    else:
+        print(f"wrote {out} (score {results[0].score:.3f}, best of {len(results)})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa", description="Unified OFA-style multimodal models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -205,14 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    def add_model_options(p: argparse.ArgumentParser) -> None:
+    def add_model_options(p: argparse.ArgumentParser, beam: bool = True) -> None:
         p.add_argument(
             "--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
             help=f"checkpoint folder (default: {DEFAULT_CHECKPOINT}; relative to here, then the repository)",
         )  # fmt: skip
         p.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder, for checkpoints that have none")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-        p.add_argument("--beam", type=int, metavar="N", help="beam size (default: the task's setting)")
+        if beam:
+            p.add_argument("--beam", type=int, metavar="N", help="beam size (default: the task's setting)")
 
     p = add("caption", cmd_caption, "caption images")
     p.epilog = "example: ofa caption photo.jpg other.png --lang zh --json"
@@ -242,6 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     add_model_options(p)
+
+    p = add("imagine", cmd_imagine, "draw the picture a text describes")
+    p.epilog = 'example: ofa imagine "a red circle left of a blue star" -o out.png --n 8 --seed 0'
+    p.add_argument("text", help="what to draw (Chinese text gets the Chinese prompt)")
+    p.add_argument("-o", "--output", required=True, metavar="PNG", help="where to write the best picture")
+    p.add_argument("--n", type=int, default=4, help="pictures to sample and rerank (default: 4)")
+    p.add_argument(
+        "--guidance", type=float, default=3.0, help="classifier-free guidance scale, 0 = off (default: 3)"
+    )
+    p.add_argument("--seed", type=int, help="random seed (same seed, same pictures)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
+    p.add_argument("--top-k", type=int, help="sample from the k likeliest codes (default: 256; 0 = all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
+    p.add_argument("--no-rerank", action="store_true", help="keep sampling order instead of reranking")
+    p.add_argument("--save-all", action="store_true", help="also write the others as OUTPUT-1.png, ...")
+    add_model_options(p, beam=False)
 
     p = add("convert", cmd_convert, "convert an official checkpoint into our format")
     p.add_argument("src", help="official HF-port folder, fairseq .pt file, or one of our checkpoints")

@@ -4,16 +4,20 @@ See :mod:`ofa.api.inference` for the methods and :mod:`ofa.api.results` for what
 """
 
 from .batching import MixedSearchError
+from .imagine import CaptionLikelihoodScorer, OpenCLIPScorer
 from .inference import OFA, CheckpointNotFoundError, InputError, detect_language
-from .results import CaptionResult, GroundingResult, RunResult
+from .results import CaptionResult, GroundingResult, ImageResult, RunResult
 
 __all__ = [
     "OFA",
+    "CaptionLikelihoodScorer",
     "CaptionResult",
     "CheckpointNotFoundError",
     "GroundingResult",
+    "ImageResult",
     "InputError",
     "MixedSearchError",
+    "OpenCLIPScorer",
     "RunResult",
     "detect_language",
 ]

@@ -24,7 +24,7 @@ from ofa.generation import Constraint, GenerationConfig, StepInfo, no_repeat_ngr
 # Settings every sample of one mixed batch must share because they change scores, not just masks.
 SHARED_FIELDS = (
     "len_penalty", "normalize_scores", "unk_penalty", "temperature", "top_k", "top_p", "num_return_sequences",
-    "use_cache", "seed", "bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id",
+    "use_cache", "seed", "guidance_scale", "bos_token_id", "pad_token_id", "eos_token_id", "unk_token_id",
 )  # fmt: skip
 
 

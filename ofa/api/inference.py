@@ -6,11 +6,16 @@
     m.ground("cat.jpg", "the red star")                    # GroundingResult(box=(x0, y0, x1, y1), score=...)
     m.run(" what does the image describe?", image="cat.jpg")
     m.batch([{"task": "caption", "image": a}, {"task": "ground", "image": b, "text": "the red star"}])
+    m.generate_image("a red circle left of a blue star", n=4)   # [ImageResult(image=PIL, score, codes), ...]
 
 Every method takes one input or a list and answers in kind (one result or a list). Inputs are decoded
 ``batch_size`` at a time, one `generate` call per chunk, with each task's search settings and per-sample
 vocabulary constraints (text only for captions, exactly 4 location bins for boxes, no image codes for free
 text). Images may be PIL images, paths, HxWxC uint8 arrays or CxHxW tensors (float in [0, 1] or uint8).
+
+Text-to-image needs an image tokenizer (the VQGAN whose codes the model emits): ``from_pretrained`` finds it
+in the checkpoint's sub-folder ``image_tokenizer/`` (``ImageTokenizer.save_pretrained`` output, or the
+official ``model.yaml`` + ``last.ckpt``), or takes ``image_tokenizer=``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -28,12 +33,19 @@ from ofa.data.images import ImageLike
 from ofa.generation import Constraint, GenerationConfig, Hypothesis, TokenRange, generate
 from ofa.models import OFAModel
 from ofa.tasks import Example, Task, TaskError, collate, get_task
+from ofa.tasks.text_to_image import TextToImageTask
 from ofa.tokenization import OFATokenizer
 
 from .batching import merge_search
-from .results import Box, CaptionResult, GroundingResult, RunResult, geometric_mean_probability
+from .results import Box, CaptionResult, GroundingResult, ImageResult, RunResult, geometric_mean_probability
+
+if TYPE_CHECKING:
+    from ofa.tokenization.image import ImageTokenizer
+
+    from .imagine import ImageTextScorer
 
 RECIPE_FILE = "recipe.yaml"
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # sub-folder of a checkpoint holding its image tokenizer
 TASK_ALIASES = {"caption": "caption", "ground": "grounding", "grounding": "grounding", "run": "run"}
 REQUEST_KEYS = {
     "caption": {"task", "image", "lang"},
@@ -89,6 +101,7 @@ class OFA:
         max_source_length: int = 128,
         max_target_length: int = 64,
         search: dict[str, dict[str, Any]] | None = None,
+        image_tokenizer: ImageTokenizer | str | Path | None = None,
     ) -> None:
         _check_vocabulary(model, tokenizer)
         self.model = model.eval()
@@ -111,6 +124,9 @@ class OFA:
         # Free text reuses the caption task's input handling (prompt encoding, image loading).
         self._run_task = self.tasks["caption"]
         self._run_search = {**RUN_SEARCH, **search.get("run", {})}
+        # Loaded on first use: the official VQGAN is large and only text-to-image needs it.
+        self._image_tokenizer = image_tokenizer
+        self._text_to_image: TextToImageTask | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -124,6 +140,7 @@ class OFA:
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         search: dict[str, dict[str, Any]] | None = None,
+        image_tokenizer: str | Path | ImageTokenizer | None = None,
     ) -> OFA:
         """Load a checkpoint folder exported by ``ofa train`` (model + tokenizer + ``recipe.yaml``), one of
         our converted folders, or an official HF-port folder / fairseq ``.pt`` (then give ``tokenizer=``).
@@ -131,6 +148,8 @@ class OFA:
         From ``recipe.yaml`` (when present) come the image size, the source/target length limits and the
         per-task search settings the model was evaluated with (``eval.search``); ``search=`` overrides them.
         ``dtype``: a torch dtype or a name (``float32``, ``bf16``, ``fp16``); None keeps the stored one.
+        ``image_tokenizer`` (text-to-image): a folder or an ``ImageTokenizer``; None: the checkpoint's
+        ``image_tokenizer/`` sub-folder when there is one. It is loaded on the first ``generate_image``.
         """
         path = Path(path).expanduser()
         if not path.exists():
@@ -150,7 +169,13 @@ class OFA:
         for task, values in (search or {}).items():
             key = TASK_ALIASES.get(task, task)
             merged_search[key] = {**merged_search.get(key, {}), **(values or {})}
-        return cls(model, tokenizer, search=merged_search, **settings)
+        if isinstance(image_tokenizer, (str, Path)):
+            image_tokenizer = Path(image_tokenizer).expanduser()
+            if not image_tokenizer.exists():
+                raise CheckpointNotFoundError(f"image tokenizer {image_tokenizer} does not exist")
+        elif image_tokenizer is None and (path / IMAGE_TOKENIZER_DIR).is_dir():
+            image_tokenizer = path / IMAGE_TOKENIZER_DIR
+        return cls(model, tokenizer, search=merged_search, image_tokenizer=image_tokenizer, **settings)
 
     @property
     def device(self) -> torch.device:
@@ -241,6 +266,95 @@ class OFA:
         if isinstance(requests, dict):
             raise InputError("batch() takes a list of request dicts; wrap a single request in a list")
         return self._decode_requests(list(requests), batch_size, search)
+
+    def generate_image(
+        self,
+        texts: str | Sequence[str],
+        n: int = 4,
+        guidance: float = 3.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        rerank: bool = True,
+        *,
+        scorer: ImageTextScorer | None = None,
+        batch_size: int = 8,
+    ) -> list[ImageResult] | list[list[ImageResult]]:
+        """``n`` pictures per text, best first: one text gives a list, a list of texts a list of lists.
+
+        Sampling draws only image codes, exactly a full grid, at ``temperature`` with ``top_k`` / ``top_p``
+        (None: the task's settings, official OFA: top-k 256; 0 / 1.0: off). ``guidance``: classifier-free
+        guidance scale ``s`` in ``cond + s * (cond - uncond)``, the unconditional input being the prompt with
+        an empty caption; 0 is plain conditional sampling. ``seed``: the same seed gives the same pictures.
+        ``rerank``: order the ``n`` pictures by ``scorer(images, texts)`` (default: the model's own caption
+        likelihood, see :class:`~ofa.api.imagine.CaptionLikelihoodScorer`; or e.g.
+        :class:`~ofa.api.imagine.OpenCLIPScorer`), else by the probability of the sampled codes. Prompt
+        language: ``zh`` for texts with Chinese characters, else ``en``.
+        """
+        from .imagine import CaptionLikelihoodScorer, generate_images
+
+        items, many = _as_list(texts)
+        items = [_require_text(text, "text") for text in items]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise InputError(f"seed must be an integer or None, got {seed!r}")
+        task = self._text_to_image_task()
+        search: dict[str, Any] = {
+            "num_return_sequences": n,
+            "guidance_scale": guidance,
+            "temperature": temperature,
+        }
+        search.update({k: v for k, v in (("top_k", top_k), ("top_p", top_p)) if v is not None})
+        if seed is not None:  # one generator across chunks, so every chunk draws fresh numbers
+            search["generator"] = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            config = task.generation_config(**search)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"generate_image: {err}") from None
+        if scorer is None and rerank:
+            scorer = CaptionLikelihoodScorer(self.model, self.tasks["caption"], detect_language)
+        results = generate_images(
+            self.model,
+            task,
+            items,
+            [detect_language(text) for text in items],
+            config,
+            scorer=scorer if rerank else None,
+            batch_size=batch_size,
+        )
+        return results if many else results[0]
+
+    @property
+    def image_tokenizer(self) -> ImageTokenizer:
+        """The image tokenizer of text-to-image (loaded on first use); InputError when there is none."""
+        if self._image_tokenizer is None:
+            raise InputError(
+                f"this model has no image tokenizer, which text-to-image needs: put one in the checkpoint's "
+                f"{IMAGE_TOKENIZER_DIR}/ sub-folder (ImageTokenizer.save_pretrained) or pass "
+                "image_tokenizer=PATH to OFA.from_pretrained"
+            )
+        if isinstance(self._image_tokenizer, (str, Path)):
+            self._image_tokenizer = _load_image_tokenizer(Path(self._image_tokenizer), self.device)
+        return self._image_tokenizer
+
+    def _text_to_image_task(self) -> TextToImageTask:
+        if self._text_to_image is None:
+            image_tokenizer = self.image_tokenizer.to(self.device).eval()
+            grid, model_grid = image_tokenizer.grid(), self.model.config.code_grid
+            if grid != model_grid:
+                raise InputError(
+                    f"the image tokenizer makes {grid}x{grid} code grids but the model decodes "
+                    f"{model_grid}x{model_grid} (code_image_size={self.model.config.code_image_size})"
+                )
+            try:
+                self._text_to_image = TextToImageTask(self.tokenizer, image_tokenizer=image_tokenizer)
+            except TaskError as err:
+                raise InputError(str(err)) from None
+        return self._text_to_image
 
     # ------------------------------------------------------------------ internals
 
@@ -412,6 +526,14 @@ def _load_tokenizer(checkpoint: Path, tokenizer: str | Path | None) -> OFATokeni
     if not checkpoint.is_dir():
         raise InputError(f"{checkpoint} holds no tokenizer; pass tokenizer=PATH (a tokenizer folder)")
     return OFATokenizer.from_pretrained(checkpoint)
+
+
+def _load_image_tokenizer(folder: Path, device: torch.device) -> ImageTokenizer:
+    from ofa.tokenization.image import ImageTokenizer
+
+    if not folder.exists():
+        raise CheckpointNotFoundError(f"image tokenizer {folder} does not exist")
+    return ImageTokenizer.from_pretrained(folder, device=device)
 
 
 def _recipe_settings(checkpoint: Path) -> dict[str, Any]:

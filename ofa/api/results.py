@@ -11,6 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+from PIL import Image
+
 Box = tuple[float, float, float, float]
 
 
@@ -70,6 +73,33 @@ class RunResult:
         return asdict(self)
 
 
+@dataclass
+class ImageResult:
+    """One generated picture (text-to-image); :meth:`ofa.api.OFA.generate_image` returns them best first.
+
+    ``score``: the reranking score. With the built-in self-reranking it is the geometric mean of the model's
+    probabilities of the prompt's caption tokens given this picture under the caption task, in [0, 1]; with a
+    user scorer it is that scorer's value (open_clip: cosine similarity in [-1, 1]); without reranking it
+    equals ``code_score``. ``code_score``: the geometric mean probability of the sampled image codes under the
+    (guided) distribution they were drawn from. ``codes``: the (grid, grid) code grid, row-major.
+    """
+
+    image: Image.Image = field(repr=False)
+    score: float
+    codes: torch.Tensor = field(repr=False)
+    text: str = ""
+    code_score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: scores, text and codes as nested lists (the picture itself is left out)."""
+        return {
+            "text": self.text,
+            "score": self.score,
+            "code_score": self.code_score,
+            "codes": self.codes.tolist(),
+        }
+
+
 def geometric_mean_probability(log_probs: list[float]) -> float:
     """``exp(mean(log_probs))`` clipped into [0, 1]; 0.0 for an empty list or a -inf entry."""
     if not log_probs or any(math.isinf(v) and v < 0 for v in log_probs):
@@ -77,4 +107,11 @@ def geometric_mean_probability(log_probs: list[float]) -> float:
     return min(1.0, max(0.0, math.exp(sum(log_probs) / len(log_probs))))
 
 
-__all__ = ["Box", "CaptionResult", "GroundingResult", "RunResult", "geometric_mean_probability"]
+__all__ = [
+    "Box",
+    "CaptionResult",
+    "GroundingResult",
+    "ImageResult",
+    "RunResult",
+    "geometric_mean_probability",
+]
