@@ -54,3 +54,27 @@ def test_eval_errors_exit_1_with_one_line(checkpoint, tmp_path, capsys):
     assert main(["eval", str(checkpoint), "--task", "caption", "--data", str(tmp_path / "none.json")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("ofa eval: error:") for line in lines)
+
+
+def test_eval_uses_the_checkpoint_recipe_search_then_the_command_line(checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from ofa.evaluation import harness
+
+    folder = tmp_path / "with_recipe"
+    shutil.copytree(checkpoint, folder)
+    (folder / "recipe.yaml").write_text(
+        "data: {max_target_length: 40}\neval: {search: {caption: {beam_size: 3, max_len_b: 7}}}\n"
+    )
+    seen = {}
+
+    def fake_predict(model, task, examples, batch_size, **search):
+        seen.update(search, max_target_length=task.max_target_length)
+        return ["a small red circle"] * len(examples)
+
+    monkeypatch.setattr(harness, "predict", fake_predict)
+    harness.evaluate(folder, "caption", split="val", samples=2)
+    assert seen == {"beam_size": 3, "max_len_b": 7, "max_target_length": 40}
+    seen.clear()
+    harness.evaluate(folder, "caption", split="val", samples=2, beam_size=1)
+    assert seen["beam_size"] == 1 and seen["max_len_b"] == 7

@@ -23,13 +23,24 @@ from ofa.tasks import Example, Task, TaskError, collate, get_task
 from ofa.tokenization import OFATokenizer
 
 
+def checkpoint_recipe(checkpoint: Path) -> dict[str, Any]:
+    """The `recipe.yaml` a checkpoint was exported with, as plain data ({} when absent)."""
+    path = checkpoint / "recipe.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise TaskError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(recipe, dict):
+        raise TaskError(f"{path}: expected a mapping of recipe sections")
+    return recipe
+
+
 def world_for_checkpoint(checkpoint: Path, model: OFAModel) -> World:
     """The world a checkpoint was trained on: `data.world` of its `recipe.yaml`, else the defaults."""
     settings: dict[str, Any] = {"image_size": model.config.image_size}
-    recipe = checkpoint / "recipe.yaml"
-    if recipe.is_file():
-        data = (yaml.safe_load(recipe.read_text()) or {}).get("data", {}) or {}
-        settings.update(data.get("world") or {})
+    settings.update((checkpoint_recipe(checkpoint).get("data") or {}).get("world") or {})
     return World(**settings)
 
 
@@ -73,13 +84,23 @@ def evaluate(
     device: str = "cpu",
     **search: Any,
 ) -> dict[str, float]:
-    """Score a checkpoint on a world split or a data file; see the module docstring."""
+    """Score a checkpoint on a world split or a data file; see the module docstring.
+
+    Search settings: the task's defaults, then the checkpoint recipe's `eval.search.<task>`, then `search`.
+    """
     if (split is None) == (data is None):
         raise TaskError("give exactly one of --split (the synthetic world) or --data (a file)")
     checkpoint = Path(checkpoint)
     model = OFAModel.from_pretrained(checkpoint, device=device)
     tokenizer = OFATokenizer.from_pretrained(checkpoint)
-    task = get_task(task_name)(tokenizer, image_size=model.config.image_size)
+    # The checkpoint's own length limits and search settings (eval.search), as the trainer evaluated it.
+    recipe = checkpoint_recipe(checkpoint)
+    data_section = recipe.get("data") or {}
+    lengths = {
+        k: int(data_section[k]) for k in ("max_source_length", "max_target_length") if data_section.get(k)
+    }
+    search = {**((recipe.get("eval") or {}).get("search") or {}).get(task_name, {}), **search}
+    task = get_task(task_name)(tokenizer, image_size=model.config.image_size, **lengths)
     start = time.perf_counter()
     if split is not None:
         source = WorldSource(world_for_checkpoint(checkpoint, model), split, task_name, lang)
