@@ -24,9 +24,9 @@ browser:
 	      apt-get install -y -qq chromium fonts-wqy-microhei; } >/dev/null 2>&1 \
 	    || echo "note: could not install chromium: the browser test will skip"; }
 
-# The main job on the embedded default: the kernel/decoding benchmark on a tiny model (see README).
+# The main job: the shipped checkpoint on 8 held-out world scenes -> a table and outputs/report.html.
 run: setup
-	$(PY) bench/bench_attention.py --quick
+	$(PY) -m ofa.cli report
 
 test: setup
 	$(PY) -m pytest -q

@@ -218,6 +218,27 @@ def cmd_imagine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Caption and ground --n world scenes (English and Chinese) with a checkpoint; print a table and write
+    OUT/report.html (one self-contained file). Retrieval and text-to-image run when the checkpoint has them.
+    """
+    from ofa.api import CheckpointNotFoundError
+    from ofa.demo.report import make_report
+    from ofa.evaluation.harness import world_for_checkpoint
+    from ofa.training.recipe import resolve_path
+
+    if args.checkpoint == DEFAULT_CHECKPOINT and not resolve_path(args.checkpoint).exists():
+        raise CheckpointNotFoundError(
+            f"the shipped checkpoint {DEFAULT_CHECKPOINT} is not in this checkout yet; "
+            "pass --checkpoint PATH (e.g. the final/ folder of `ofa train tasks/world/tiny.yaml`)"
+        )
+    ofa = _load_ofa(args)
+    world = world_for_checkpoint(resolve_path(args.checkpoint), ofa.model)
+    path = make_report(ofa, args.out, args.n, args.split, world=world, checkpoint=args.checkpoint)
+    print(json.dumps({"report": str(path)}) if args.json else f"wrote {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa", description="Unified OFA-style multimodal models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -281,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
     p.add_argument("--no-rerank", action="store_true", help="keep sampling order instead of reranking")
     p.add_argument("--save-all", action="store_true", help="also write the others as OUTPUT-1.png, ...")
+    add_model_options(p, beam=False)
+
+    p = add("report", cmd_report, "show what a checkpoint does on world scenes (HTML report)")
+    p.epilog = "example: ofa report --n 8 --out outputs, then open outputs/report.html"
+    p.add_argument(
+        "--out", default="outputs", metavar="DIR", help="folder for report.html (default: outputs)"
+    )
+    p.add_argument("--n", type=int, default=8, help="how many world scenes (default: 8)")
+    p.add_argument("--split", default="heldout", choices=["train", "val", "test", "heldout"],
+                   help="world split the scenes come from (default: heldout)")  # fmt: skip
     add_model_options(p, beam=False)
 
     p = add("convert", cmd_convert, "convert an official checkpoint into our format")
