@@ -1,4 +1,4 @@
-"""Retrieval models: Chinese-CLIP checkpoints run as open_clip models."""
+"""Retrieval models (Chinese-CLIP checkpoints run as open_clip models) and the embedding gallery index."""
 
 from .cnclip import (
     CNCLIPConfig,
@@ -10,6 +10,7 @@ from .cnclip import (
     read_state_dict,
 )
 from .cnclip_tokenizer import CNCLIPTokenizer, CNCLIPVocabError, normalize_dataset_text, packaged_vocab_path
+from .index import EmbeddingIndex, RetrievalIndexError
 
 __all__ = [
     "CNCLIPConfig",
@@ -17,6 +18,8 @@ __all__ = [
     "CNCLIPModel",
     "CNCLIPTokenizer",
     "CNCLIPVocabError",
+    "EmbeddingIndex",
+    "RetrievalIndexError",
     "build_open_clip_model",
     "convert_state_dict",
     "load_cnclip",
