@@ -65,6 +65,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a training checkpoint (step=N.ckpt) as a model folder (model + tokenizer + recipe.yaml)."""
+    from ofa.training.export import export_checkpoint
+
+    folder = export_checkpoint(args.checkpoint, args.dst, recipe_path=args.recipe, dtype=args.dtype)
+    print(json.dumps({"destination": str(folder)}) if args.json else f"wrote {folder}")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) from a YAML recipe; `key=value` overrides use dotted recipe paths (train.max_steps=30).
 
@@ -339,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe file, e.g. tasks/world/tiny.yaml")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, e.g. train.max_steps=30"
+    )
+
+    p = add("export", cmd_export, "export a training checkpoint (step=N.ckpt) as a model folder")
+    p.add_argument("checkpoint", help="e.g. runs/world-tiny/checkpoints/step=002000.ckpt")
+    p.add_argument("dst", help="output folder (model + tokenizer + recipe.yaml)")
+    p.add_argument("--recipe", help="the run's recipe.yaml (default: beside the checkpoints folder)")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the recipe's)"
     )
     return parser
 

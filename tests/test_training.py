@@ -308,6 +308,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     ckpt = torch.load(tmp_path / "b/checkpoints/step=000008.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8 and ckpt["MixtureDataModule"]["samples_seen"] == 64
 
+    # `ofa export` turns a step checkpoint into a model folder with exactly the checkpoint's weights.
+    from ofa.cli import main
+    from ofa.models import OFAModel
+
+    assert main(["export", str(tmp_path / "b/checkpoints/step=000008.ckpt"), str(tmp_path / "step8")]) == 0
+    exported = OFAModel.from_pretrained(tmp_path / "step8").state_dict()
+    raw = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    assert raw.keys() <= exported.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)
+    assert main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "x")]) == 1
+    (tmp_path / "b/checkpoints/junk.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["export", str(tmp_path / "b/checkpoints/junk.ckpt"), str(tmp_path / "x")]) == 1
+
 
 def test_ddp_and_multinode_match_one_process(tmp_path):
     settings = {"max_steps": 4, "batchnorm": "frozen", "warmup_steps": 1}  # dropout 0: same maths everywhere
