@@ -2,6 +2,7 @@
 
 from .configuration_ofa import PRESETS, ConfigError, OFAConfig
 from .modeling_ofa import DecoderCache, DecoderOutput, EncoderOutput, OFAModel
+from .retrieval import NoRetrievalHeadError, RetrievalHead
 
 __all__ = [
     "PRESETS",
@@ -9,6 +10,8 @@ __all__ = [
     "DecoderCache",
     "DecoderOutput",
     "EncoderOutput",
+    "NoRetrievalHeadError",
     "OFAConfig",
     "OFAModel",
+    "RetrievalHead",
 ]

@@ -91,6 +91,10 @@ class OFAConfig:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
 
+    # Width of the shared image-text embedding space of the retrieval head (`ofa.models.retrieval`);
+    # None: no head, and the model's parameters are exactly those of the official architecture.
+    retrieval_dim: int | None = None
+
     def __post_init__(self) -> None:
         self.resnet_layers = [int(n) for n in self.resnet_layers]
         self.validate()
@@ -120,6 +124,9 @@ class OFAConfig:
                 f"code_image_size={self.code_image_size} must be a multiple of 8 whose grid fits "
                 f"image_bucket_size={self.image_bucket_size}"
             )
+        dim = self.retrieval_dim
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(f"retrieval_dim must be a positive integer or None, got {dim!r}")
 
     # --------------------------------------------------------------------------------------- derived values
     @property

@@ -30,6 +30,7 @@ from .attention import (
 )
 from .configuration_ofa import OFAConfig
 from .resnet import ResNetTrunk, linear_rates
+from .retrieval import NoRetrievalHeadError, RetrievalHead
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
@@ -551,6 +552,11 @@ class OFAModel(nn.Module):
         self.encoder = OFAEncoder(config, shared)
         self.decoder = OFADecoder(config, shared)
         self._init_linear()
+        # Built after the initialisation above (with its own), so the rest of the model draws the same random
+        # numbers with or without it; without `retrieval_dim` the parameters are exactly the official ones.
+        self.retrieval = (
+            RetrievalHead(config.d_model, config.retrieval_dim) if config.retrieval_dim is not None else None
+        )
 
     def _init_linear(self) -> None:
         """fairseq's initialisation: Xavier-uniform linears (gain 1/sqrt(2) on q/k/v), zero biases.
@@ -621,6 +627,30 @@ class OFAModel(nn.Module):
             raise ValueError("forward needs decoder_input_ids (start them with bos)")
         encoder_out = self.encode(input_ids, patch_images, patch_masks)
         return self.decode(decoder_input_ids, encoder_out, code_masks).logits
+
+    # --------------------------------------------------------------------------------------- retrieval
+    def _retrieval_head(self) -> RetrievalHead:
+        if self.retrieval is None:
+            raise NoRetrievalHeadError(
+                "this model has no retrieval head (its config has retrieval_dim=None); train one with "
+                "model.config.retrieval_dim and a data.retrieval section in the recipe"
+            )
+        return self.retrieval
+
+    def embed_images(
+        self, patch_images: Tensor, input_ids: Tensor | None = None, patch_masks: Tensor | None = None
+    ) -> Tensor:
+        """L2-normalised image embeddings (B, retrieval_dim): patches + instruction `input_ids` through the
+        encoder, mean-pooled over non-pad positions, projected (see `ofa.models.retrieval`)."""
+        head = self._retrieval_head()
+        out = self.encode(input_ids, patch_images, patch_masks)
+        return head.project(out.last_hidden_state, out.padding_mask, "image")
+
+    def embed_texts(self, input_ids: Tensor) -> Tensor:
+        """L2-normalised text embeddings (B, retrieval_dim) of the texts `input_ids` alone, no image."""
+        head = self._retrieval_head()
+        out = self.encode(input_ids)
+        return head.project(out.last_hidden_state, out.padding_mask, "text")
 
     # ------------------------------------------------------------------------------------- checkpoints
     @classmethod
