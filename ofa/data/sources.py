@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ofa.data.world import World
+from ofa.data.world import Scene, World
 
 
 def _pick(index: int, n: int, salt: str) -> int:
@@ -51,4 +51,30 @@ class WorldSource:
             refs = scene.refs_for(self.lang)
             ref = refs[_pick(index, len(refs), f"{self.split}-{self.lang}-ref")]
             return {**base, "text": ref.text, "box": list(ref.box), "kind": ref.kind}
+        if self.task == "retrieval":
+            captions = scene.captions[self.lang]
+            text = captions[_pick(index, len(captions), f"{self.split}-{self.lang}-caption")]
+            return {**base, "text": text}
+        if self.task == "itm":
+            return {**base, **self._itm_text(scene, index)}
         raise ValueError(f"the world has no samples for task {self.task!r}")
+
+    def _itm_text(self, scene: Scene, index: int) -> dict[str, Any]:
+        """Half the samples (by hash) pair the scene with one of its captions, the rest with a caption of another
+        scene whose objects differ (a different multiset of size, colour and shape), so it cannot be true."""
+        salt = f"{self.split}-{self.lang}-itm"
+        if _pick(index, 2, salt) == 0:
+            captions = scene.captions[self.lang]
+            return {"text": captions[_pick(index, len(captions), salt + "-caption")], "match": True}
+        own = sorted(o.triple for o in scene.objects)
+        if self.size == 1:
+            raise ValueError("itm: a source of one scene has no other scene to take negatives from")
+        for attempt in range(100):
+            offset = 1 + _pick(index, self.size - 1 if self.size else 1 << 30, f"{salt}-other-{attempt}")
+            other = self.world.scene(
+                self.split, (index + offset) % self.size if self.size else index + offset
+            )
+            if sorted(o.triple for o in other.objects) != own:
+                captions = other.captions[self.lang]
+                return {"text": captions[_pick(index, len(captions), salt + "-caption")], "match": False}
+        raise ValueError(f"itm: no scene with different objects found for {self.split}/{index}")

@@ -108,7 +108,12 @@ def evaluate(
     else:
         raw = read_samples(Path(data), task_name, lang)[:samples]
     examples = [task.build(sample) for sample in raw]
-    predictions = predict(model, task, examples, batch_size, **search)
+    if task_name == "retrieval":  # scored from embeddings, nothing to decode
+        from ofa.tasks.retrieval import embed_examples
+
+        predictions = list(zip(*embed_examples(model, examples, tokenizer.pad_id, batch_size)))
+    else:
+        predictions = predict(model, task, examples, batch_size, **search)
     results = task.score(predictions, examples)
     results.update(samples=len(examples), seconds=round(time.perf_counter() - start, 1))
     return results
