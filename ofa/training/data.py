@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ofa.data.sources import WorldSource
 from ofa.data.world import World, WorldConfig
 from ofa.tasks import Batch, Example, Task, collate, get_task
+from ofa.tasks.retrieval import PairBatch, RetrievalTask, collate_pairs
 
 from .recipe import MixtureComponent, Recipe, RecipeError
 
@@ -151,6 +152,7 @@ class MicroBatch:
     accumulate: int
     window_tokens: int  # non-pad target tokens of this rank's whole window
     num_samples: int
+    pairs: PairBatch | None = None  # contrastive image-text pairs (`data.retrieval`), trained beside `batch`
 
     @property
     def last(self) -> bool:
@@ -158,18 +160,31 @@ class MicroBatch:
 
     def to(self, device: torch.device | str) -> MicroBatch:
         return MicroBatch(
-            self.batch.to(device), self.index, self.accumulate, self.window_tokens, self.num_samples
+            self.batch.to(device),
+            self.index,
+            self.accumulate,
+            self.window_tokens,
+            self.num_samples,
+            self.pairs.to(device) if self.pairs is not None else None,
         )
 
 
 class WindowCollate:
-    """Collate one rank's window (accumulate x b examples) into `accumulate` padded micro-batches."""
+    """Collate one rank's window (accumulate x b examples) into `accumulate` padded micro-batches.
 
-    def __init__(self, accumulate: int, pad_id: int, bos_id: int) -> None:
+    With `pairs_per_window` > 0 the window ends with that many retrieval pairs (`PairedWindowSampler`),
+    shared out over the micro-batches in the same way.
+    """
+
+    def __init__(self, accumulate: int, pad_id: int, bos_id: int, pairs_per_window: int = 0) -> None:
         self.accumulate, self.pad_id, self.bos_id = accumulate, pad_id, bos_id
+        self.pairs_per_window = pairs_per_window
 
     def __call__(self, examples: list[Example]) -> list[MicroBatch]:
+        split = len(examples) - self.pairs_per_window
+        examples, pairs = examples[:split], examples[split:]
         b = len(examples) // self.accumulate
+        p = len(pairs) // self.accumulate
         tokens = sum(len(e.target) for e in examples)
         return [
             MicroBatch(
@@ -178,6 +193,7 @@ class WindowCollate:
                 self.accumulate,
                 tokens,
                 b,
+                collate_pairs(pairs[k * p : (k + 1) * p], self.pad_id) if p else None,
             )
             for k in range(self.accumulate)
         ]
@@ -207,6 +223,14 @@ class MixtureDataModule(pl.LightningDataModule):
         self.world = make_world(recipe, image_size)
         self.tasks = make_tasks(recipe, tokenizer, image_size)
         self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed)
+        self.pairs = None  # the contrastive pair stream of `data.retrieval`, if any
+        if recipe.data.retrieval is not None:
+            from .retrieval import PairStream
+
+            task = RetrievalTask(
+                tokenizer, image_size=image_size, max_source_length=recipe.data.max_source_length
+            )
+            self.pairs = PairStream(recipe.data.retrieval, task, self.world, recipe.train.seed)
         self.start_samples = 0  # set from a checkpoint by `load_state_dict`
 
     # The data position: samples of the stream consumed by finished optimizer steps.
@@ -241,11 +265,18 @@ class MixtureDataModule(pl.LightningDataModule):
             train.accumulate_grad_batches,
             start_step=self.start_samples // train.batch_size,
         )
+        dataset: Dataset = self.dataset
+        pairs_per_window = 0
+        if self.pairs is not None:
+            from .retrieval import MixtureWithPairs, PairedWindowSampler
+
+            sampler = PairedWindowSampler(sampler, self.recipe.data.retrieval.batch_size)
+            dataset, pairs_per_window = MixtureWithPairs(self.dataset, self.pairs), sampler.pairs_per_window
         loader = DataLoader(
-            self.dataset,
+            dataset,
             batch_sampler=sampler,
             collate_fn=WindowCollate(
-                train.accumulate_grad_batches, self.tokenizer.pad_id, self.tokenizer.bos_id
+                train.accumulate_grad_batches, self.tokenizer.pad_id, self.tokenizer.bos_id, pairs_per_window
             ),
             num_workers=self.recipe.data.num_workers,
             persistent_workers=False,

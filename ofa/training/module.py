@@ -6,6 +6,11 @@ rank's window count is all-reduced). Lightning divides the returned loss by the 
 averages gradients over ranks, so the returned value is scaled by ``world_size * accumulate`` and the
 gradient is exactly that of the global-batch token mean, whatever the device layout.
 
+Retrieval (``data.retrieval``). A micro-batch may also carry image-text pairs; their contrastive loss
+(`ofa.training.retrieval`), times the section's ``weight``, is added to the returned loss as it is: Lightning's
+division by the accumulation steps then averages it over micro-steps and DDP's gradient average matches
+the all-gathered loss. Without the section nothing here changes.
+
 Weight decay (AdamW, decoupled) applies to matrices and convolution kernels and the token embedding; not to
 biases, LayerNorm/BatchNorm weights, NormFormer scales (every tensor with fewer than 2 dimensions), nor to the
 other embedding tables: absolute position tables, relative-position bias tables and the type embedding.
@@ -33,7 +38,7 @@ from torch import Tensor, nn
 from ofa.models import OFAModel
 
 from .data import MicroBatch
-from .recipe import TrainSection
+from .recipe import RetrievalSection, TrainSection
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -125,14 +130,17 @@ class OFALightningModule(pl.LightningModule):
         train: TrainSection,
         pad_id: int,
         history_path: str | Path | None = None,
+        retrieval: RetrievalSection | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.cfg = train
         self.pad_id = pad_id
         self.history_path = Path(history_path) if history_path is not None else None
+        self.retrieval = retrieval
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
+        self._window_contrastive = 0.0
         self._last_step_time: float | None = None
         self._pending_rng: dict[str, Tensor] | None = None
 
@@ -163,6 +171,17 @@ class OFALightningModule(pl.LightningModule):
             reduction="sum",
         )
 
+    def contrastive_loss(self, batch: MicroBatch) -> Tensor:
+        """The CLIP loss of the micro-batch's pairs, with the pairs of the same micro-step on every rank."""
+        from .contrastive import clip_loss
+
+        local = self.retrieval.local_loss if self.retrieval is not None else True
+        loss = clip_loss(self.trainer.world_size, self.trainer.global_rank, local)
+        pairs = batch.pairs
+        images = self.model.embed_images(pairs.patch_images, pairs.image_input_ids)
+        texts = self.model.embed_texts(pairs.text_input_ids)
+        return loss(images, texts, self.model.retrieval.scale())
+
     def training_step(self, batch: MicroBatch, batch_idx: int) -> Tensor:
         world = self.trainer.world_size
         self._freeze_batchnorm()  # every step: evaluation or user code may have called .train()
@@ -170,17 +189,28 @@ class OFALightningModule(pl.LightningModule):
             tokens = torch.tensor(float(batch.window_tokens), device=self.device, dtype=torch.float64)
             self._window_tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum").float()
             self._window_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+            self._window_contrastive = torch.zeros((), device=self.device, dtype=torch.float64)
             if self._last_step_time is None:
                 self._last_step_time = time.perf_counter()
         total = self._window_tokens
         loss_sum = self.token_loss_sum(batch)
         self._window_loss = self._window_loss + loss_sum.detach().double()
+        loss = loss_sum * (world * batch.accumulate) / total
+        if batch.pairs is not None:
+            contrastive = self.contrastive_loss(batch)
+            self._window_contrastive = self._window_contrastive + contrastive.detach().double()
+            weight = self.retrieval.weight if self.retrieval is not None else 1.0
+            loss = loss + weight * contrastive
         if batch.last:
-            self._log_step(total)
-        return loss_sum * (world * batch.accumulate) / total
+            self._log_step(total, batch)
+        return loss
 
-    def _log_step(self, total_tokens: Tensor) -> None:
+    def _log_step(self, total_tokens: Tensor, batch: MicroBatch) -> None:
         loss = self.trainer.strategy.reduce(self._window_loss, reduce_op="sum") / total_tokens.double()
+        contrastive = None
+        if batch.pairs is not None:  # mean over ranks and micro-steps
+            summed = self.trainer.strategy.reduce(self._window_contrastive, reduce_op="sum")
+            contrastive = float(summed) / (self.trainer.world_size * batch.accumulate)
         now = time.perf_counter()
         elapsed = max(now - (self._last_step_time or now), 1e-9)
         self._last_step_time = now
@@ -202,11 +232,13 @@ class OFALightningModule(pl.LightningModule):
             on_epoch=False,
         )
         self.log("train/tokens_per_sec", values["train/tokens_per_sec"], on_step=True, on_epoch=False)
+        record = {"step": step, "loss": values["train/loss"], "lr": values["train/lr"]}
+        if contrastive is not None:
+            self.log("train/retrieval_loss", contrastive, prog_bar=True, on_step=True, on_epoch=False)
+            record["retrieval_loss"] = contrastive
         if self.history_path is not None and self.trainer.is_global_zero:
             with self.history_path.open("a", encoding="utf-8") as f:
-                f.write(
-                    json.dumps({"step": step, "loss": values["train/loss"], "lr": values["train/lr"]}) + "\n"
-                )
+                f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:

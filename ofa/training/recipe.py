@@ -39,7 +39,7 @@ class ModelSection:
 
     Vocabulary fields (`vocab_size`, `num_codes`, `num_bins`, special ids) always come from the tokenizer.
     With `init_from`, the architecture comes from the checkpoint and `config` may only change
-    regularisation/runtime fields (`INIT_FROM_FIELDS`).
+    regularisation/runtime fields (`INIT_FROM_FIELDS`), or add a retrieval head (`retrieval_dim`).
     """
 
     preset: str | None = None
@@ -67,6 +67,21 @@ class MixtureComponent:
 
 
 @dataclass
+class RetrievalSection:
+    """Contrastive image-text pairs trained beside the mixture (`ofa.training.retrieval`; the model needs
+    `retrieval_dim`). Every optimizer step takes `batch_size` pairs, split over devices and accumulation
+    micro-steps like the mixture; the step loss adds `weight` x the contrastive loss to the mixture's.
+    """
+
+    batch_size: int = 32  # global: pairs per optimizer step
+    weight: float = 1.0
+    langs: list[str] = field(default_factory=lambda: ["en"])  # each pair's language is drawn from these
+    split: str = "train"
+    size: int | None = None  # bound the scenes (pair index mod size); None: every pair a new scene
+    local_loss: bool = True  # each rank scores its own rows only (less memory; the same gradient)
+
+
+@dataclass
 class DataSection:
     """Where samples come from. `kind: world` is the synthetic world (`world`: `WorldConfig` overrides).
 
@@ -82,6 +97,7 @@ class DataSection:
     num_workers: int = 0
     # Per task constructor options, e.g. {caption: {train_target: first}} (see each task's docstring).
     task_options: dict[str, Any] = field(default_factory=dict)
+    retrieval: RetrievalSection | None = None  # contrastive pairs beside the mixture; null: none
 
 
 @dataclass
@@ -157,6 +173,7 @@ INIT_FROM_FIELDS = frozenset(
         "resnet_drop_path_rate",
         "attn_implementation",
         "gradient_checkpointing",
+        "retrieval_dim",  # adds a fresh retrieval head to a checkpoint without one
     }
 )
 VOCAB_FIELDS = (
@@ -316,6 +333,25 @@ def _check(recipe: Recipe, where: str) -> None:
             raise RecipeError(f"{where}: data.mixture.{i}.weight: must be > 0, got {comp.weight}")
         if comp.size is not None and comp.size < 1:
             raise RecipeError(f"{where}: data.mixture.{i}.size: must be >= 1, got {comp.size}")
+        if comp.task == "retrieval":
+            raise RecipeError(
+                f"{where}: data.mixture.{i}.task: retrieval is contrastive, not generative; "
+                "train it with a data.retrieval section"
+            )
+    pairs = recipe.data.retrieval
+    if pairs is not None:
+        if pairs.batch_size < 2 or pairs.batch_size % recipe.train.accumulate_grad_batches:
+            raise RecipeError(
+                f"{where}: data.retrieval.batch_size: needs >= 2 pairs divisible by "
+                f"train.accumulate_grad_batches={recipe.train.accumulate_grad_batches}, got {pairs.batch_size}"
+            )
+        if not pairs.weight > 0:
+            raise RecipeError(f"{where}: data.retrieval.weight: must be > 0, got {pairs.weight}")
+        bad = [lang for lang in pairs.langs if lang not in TASKS["retrieval"].prompts]
+        if not pairs.langs or bad:
+            raise RecipeError(f"{where}: data.retrieval.langs: choose from en, zh, got {pairs.langs}")
+        if pairs.size is not None and pairs.size < 1:
+            raise RecipeError(f"{where}: data.retrieval.size: must be >= 1, got {pairs.size}")
     from ofa.generation import GenerationConfig
 
     search_hints = typing.get_type_hints(GenerationConfig)
@@ -496,6 +532,7 @@ __all__ = [
     "ModelSection",
     "Recipe",
     "RecipeError",
+    "RetrievalSection",
     "TokenizerSection",
     "TrainSection",
     "apply_overrides",

@@ -79,6 +79,9 @@ def build_model(recipe: Recipe, tokenizer: OFATokenizer) -> OFAModel:
     if recipe.train.gradient_checkpointing:
         values["gradient_checkpointing"] = True
     model = OFAModel(OFAConfig.from_dict(values))
+    if model.retrieval is not None and not any(k.startswith("retrieval.") for k in state):
+        # `retrieval_dim` added to a checkpoint without a head: the head starts from its fresh initialisation.
+        state = {**state, **{f"retrieval.{k}": v for k, v in model.retrieval.state_dict().items()}}
     model.load_state_dict_strict(state, source=str(path))
     return model
 
@@ -169,6 +172,10 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
     tokenizer = load_tokenizer(recipe)
     pl.seed_everything(t.seed, workers=False, verbose=False)
     model = build_model(recipe, tokenizer)
+    if recipe.data.retrieval is not None and model.retrieval is None:
+        raise RecipeError(
+            f"{recipe.source}: data.retrieval needs a model with a retrieval head: set model.config.retrieval_dim"
+        )
     image_size = recipe.data.image_size or model.config.image_size
     datamodule = MixtureDataModule(recipe, tokenizer, image_size)
 
@@ -176,7 +183,9 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
     checkpoint_dir = output_dir / "checkpoints"
     history = output_dir / "train_log.jsonl"
     resumed_from = _resume_path(recipe, checkpoint_dir)
-    module = OFALightningModule(model, t, tokenizer.pad_id, history_path=history)
+    module = OFALightningModule(
+        model, t, tokenizer.pad_id, history_path=history, retrieval=recipe.data.retrieval
+    )
 
     all_callbacks: list[pl.Callback] = [
         ModelCheckpoint(
