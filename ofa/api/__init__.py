@@ -7,6 +7,7 @@ from .batching import MixedSearchError
 from .imagine import CaptionLikelihoodScorer, OpenCLIPScorer
 from .inference import OFA, CheckpointNotFoundError, InputError, detect_language
 from .results import CaptionResult, GroundingResult, ImageResult, RunResult
+from .retrieval import RetrievalHit
 
 __all__ = [
     "OFA",
@@ -18,6 +19,7 @@ __all__ = [
     "InputError",
     "MixedSearchError",
     "OpenCLIPScorer",
+    "RetrievalHit",
     "RunResult",
     "detect_language",
 ]

@@ -356,6 +356,43 @@ class OFA:
                 raise InputError(str(err)) from None
         return self._text_to_image
 
+    # ------------------------------------------------------------------ retrieval
+
+    def embed_images(
+        self, images: ImageLike | Sequence[ImageLike], lang: str = "en", *, batch_size: int = 16
+    ) -> torch.Tensor:
+        """L2-normalised embeddings (N, D) of images (one image: (D,)), float32 on CPU, encoded with the
+        image instruction in ``lang``. Needs a checkpoint with a retrieval head (`ofa.api.retrieval`)."""
+        from .retrieval import embed_images
+
+        return embed_images(self, images, lang, batch_size)
+
+    def embed_texts(
+        self, texts: str | Sequence[str], lang: str | None = None, *, batch_size: int = 16
+    ) -> torch.Tensor:
+        """L2-normalised embeddings (N, D) of texts (one text: (D,)), float32 on CPU; ``lang`` None: ``zh``
+        for texts with Chinese characters, else ``en``."""
+        from .retrieval import embed_texts
+
+        return embed_texts(self, texts, lang, batch_size)
+
+    def retrieve(
+        self,
+        queries: Any,
+        gallery: Sequence[Any],
+        k: int = 5,
+        rerank: bool = True,
+        *,
+        lang: str | None = None,
+        batch_size: int = 16,
+    ) -> Any:
+        """The top ``k`` gallery items per query as :class:`~ofa.api.retrieval.RetrievalHit` lists, best first:
+        text queries search images, image queries search texts; ``rerank`` orders the ``k`` by the
+        image-text-matching probability. See :func:`ofa.api.retrieval.retrieve`."""
+        from .retrieval import retrieve
+
+        return retrieve(self, queries, gallery, k, rerank, lang, batch_size)
+
     # ------------------------------------------------------------------ internals
 
     def _decode_requests(
