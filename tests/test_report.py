@@ -27,6 +27,7 @@ from ofa.api import CaptionResult, GroundingResult
 from ofa.cli import main
 from ofa.data.world import World
 from ofa.demo.report import IMAGINE_EXAMPLES, collect, make_report, render_html
+from tests import test_text_to_image as text_to_image_tests
 from tests.test_api import make_checkpoint
 
 SIZE = 64  # the random checkpoint's image size
@@ -70,7 +71,7 @@ class TruthModelWithExtras(TruthModel):
         self.model = SimpleNamespace(retrieval=object())
         self.image_tokenizer = object()
 
-    def retrieve(self, queries, gallery, k=5):
+    def retrieve(self, queries, gallery, k=5, rerank=True):
         n = len(queries)
         return [[SimpleNamespace(index=i if i < n - 1 else 0, similarity=0.5)] for i in range(n)]
 
@@ -164,6 +165,14 @@ def test_a_checkpoint_without_retrieval_head_says_so(world):
     model.model = SimpleNamespace(retrieval=None)
     report = collect(model, world, "val", range(2))
     assert "no retrieval head" in report.unavailable["retrieval"]
+
+
+def test_a_checkpoint_with_an_image_tokenizer_draws(tmp_path):
+    model = OFA.from_pretrained(text_to_image_tests.make_checkpoint(tmp_path / "ckpt"))
+    report = collect(model, World(seed=0, image_size=model.image_size), "val", range(2))
+    assert "text-to-image" not in report.unavailable
+    side = 8 * text_to_image_tests.GRID  # the image tokenizer's pictures
+    assert [r.imagined.size for r in report.scenes] == [(side, side)] * 2
 
 
 # ---------------------------------------------------------------------- HTML on a real checkpoint

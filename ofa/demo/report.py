@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ofa.data.sources import WorldSource
-from ofa.data.world import World
+from ofa.data.world import World, parse_mentions
 from ofa.evaluation.metrics import box_iou, grounding_metrics, object_f1, world_caption_f1
 
 from .app import BOX_COLOUR, draw_box
@@ -123,7 +123,7 @@ def collect(
     for lang in LANGS:
         captions = model.caption(images, lang=lang)
         for result, scene, caption in zip(results, scenes, captions):
-            mentions = _parse(caption.text, lang)
+            mentions = parse_mentions(caption.text, lang)
             f1 = object_f1([mentions], [result.objects])["object_f1"]
             result.captions[lang] = CaptionRow(
                 caption.text, caption.score, scene.captions[lang][0], mentions, f1
@@ -170,12 +170,6 @@ def collect(
     )
 
 
-def _parse(caption: str, lang: str) -> list[tuple[Any, str, str]]:
-    from ofa.data.world import parse_mentions
-
-    return parse_mentions(caption, lang)
-
-
 def _retrieval_unavailable(model: OFA) -> str | None:
     if not hasattr(model, "retrieve"):
         return "this version of ofa has no retrieval API yet"
@@ -198,7 +192,8 @@ def _imagine_unavailable(model: OFA) -> str | None:
 
 def _retrieve(model: OFA, results: list[SceneResult], scenes: list[Any]) -> float:
     """Text -> image over the report's own scenes: each English reference caption searches all pictures."""
-    hits = model.retrieve([s.captions["en"][0] for s in scenes], [s.image for s in scenes], k=1)
+    # Reranking reorders the top k; with k = 1 it could only cost time.
+    hits = model.retrieve([s.captions["en"][0] for s in scenes], [s.image for s in scenes], k=1, rerank=False)
     correct = 0
     for position, (result, found) in enumerate(zip(results, hits)):
         result.retrieved = results[found[0].index].index if found else None
