@@ -475,3 +475,29 @@ def test_match_probabilities_batched_equal_one_at_a_time(api, world):
     batched = match_probabilities(api.model.eval(), itm, examples)
     for p, s in zip(batched.tolist(), samples):
         assert p == pytest.approx(brute_force_itm(api, s["image"], s["text"], s["lang"]), abs=1e-5)
+
+
+def test_init_from_adds_a_fresh_head_and_bad_sections_are_named(tok, tmp_path):
+    from ofa.training.recipe import RecipeError, recipe_from_dict
+    from ofa.training.run import build_model
+
+    torch.manual_seed(0)
+    plain = OFAModel(tiny_config(tok))
+    plain.save_pretrained(tmp_path / "plain")
+    values = retrieval_recipe(tmp_path / "out")
+    values["model"] = {"init_from": str(tmp_path / "plain"), "config": {"retrieval_dim": 8}}
+    model = build_model(recipe_from_dict(values), tok)
+    assert model.config.retrieval_dim == 8 and model.retrieval is not None
+    theirs = model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in plain.state_dict().items())
+
+    for key, value, message in (
+        ("batch_size", 1, "data.retrieval.batch_size"),
+        ("langs", ["fr"], "data.retrieval.langs"),
+        ("weight", 0, "data.retrieval.weight"),
+        ("negatives", 3, "data.retrieval.negatives: unknown key"),
+    ):
+        bad = retrieval_recipe(tmp_path / "out")
+        bad["data"]["retrieval"][key] = value
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict(bad)

@@ -206,6 +206,9 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
+        sections = [o for o in typing.get_args(tp) if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and sections:  # a mapping means the section: its own error names the key
+            return _build(sections[0], value, path, where)
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, path, where)
