@@ -235,7 +235,7 @@ def test_task_options_reach_the_task_and_are_checked(tmp_path):
     recipe = recipe_from_dict(values)
     assert MixtureDataModule(recipe, load_tokenizer(recipe), 64).tasks["caption"].train_target == "first"
     for options, message in (
-        ({"itm": {}}, "not in the mixture"),
+        ({"captioning": {}}, "unknown tasks"),
         ({"caption": {"train_target": "longest"}}, "train_target must be one of"),
         ({"caption": {"bogus": 1}}, "bogus"),
     ):

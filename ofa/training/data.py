@@ -47,12 +47,13 @@ def make_world(recipe: Recipe, image_size: int) -> World:
 
 def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
     """One task object per task name in the mixture, with the recipe's `data.task_options` for it."""
-    from ofa.tasks import TaskError
+    from ofa.tasks import TASKS, TaskError  # importing ofa.tasks registers every task module
 
-    names = {comp.task for comp in recipe.data.mixture}
-    stray = sorted(set(recipe.data.task_options) - names)
-    if stray:
-        raise RecipeError(f"{recipe.source}: data.task_options names tasks not in the mixture: {stray}")
+    unknown = sorted(set(recipe.data.task_options) - set(TASKS))
+    if unknown:  # options for a task that is not in the mixture are allowed (a mixture override keeps them)
+        raise RecipeError(
+            f"{recipe.source}: data.task_options names unknown tasks {unknown}; known: {sorted(TASKS)}"
+        )
     tasks = {}
     for comp in recipe.data.mixture:
         if comp.task not in tasks:
