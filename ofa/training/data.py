@@ -1,7 +1,8 @@
 """The deterministic multi-task training stream and its `LightningDataModule`.
 
 Global sample index ``g`` (0, 1, 2, ...) -> component (task, lang, split) chosen by weight from a sha256 hash
-of ``(seed, g)`` -> source sample ``g`` (``g mod size`` for bounded components) -> `Example`, built with
+of ``(seed, g)`` -> source sample ``g`` (``g mod size`` for bounded components; a data file of `data.kind: files`
+is always bounded, by its length or `size`) -> `Example`, built with
 ``random.Random(hash(seed, g))``. Nothing else is random, so the data position of a run is one integer,
 the number of samples consumed (``global_step * batch_size``), and resuming restarts the stream there.
 
@@ -25,12 +26,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ofa.data.formats import DataFormatError, SampleFile, open_sample_file
 from ofa.data.sources import WorldSource
 from ofa.data.world import World, WorldConfig
 from ofa.tasks import Batch, Example, Task, collate, get_task
 from ofa.tasks.retrieval import PairBatch, RetrievalTask, collate_pairs
 
-from .recipe import MixtureComponent, Recipe, RecipeError
+from .recipe import MixtureComponent, Recipe, RecipeError, RetrievalSection, resolve_path
 
 
 def stable_hash(*parts: object) -> int:
@@ -43,6 +45,25 @@ def make_world(recipe: Recipe, image_size: int) -> World:
     """The world of a `kind: world` recipe; its image size defaults to the model's input size."""
     values = {"image_size": image_size, **recipe.data.world}
     return World(WorldConfig(**values))
+
+
+def open_data_file(
+    recipe: Recipe, key: str, section: MixtureComponent | RetrievalSection, task: str, lang: str
+) -> SampleFile:
+    """The data file of one `data.kind: files` source; a missing or malformed file names its recipe key."""
+    path = resolve_path(section.path)
+    try:
+        samples = open_sample_file(path, task, lang, section.format)
+    except DataFormatError as err:
+        raise RecipeError(f"{recipe.source}: {key}.path: {err}") from None
+    if len(samples) == 0:
+        what = "images with text" if task == "caption" else f"{task} samples"
+        raise RecipeError(f"{recipe.source}: {key}.path: {path} holds no {what} in language {lang!r}")
+    if section.size is not None and section.size > len(samples):
+        raise RecipeError(
+            f"{recipe.source}: {key}.size: {section.size} is more than the {len(samples)} samples of {path}"
+        )
+    return samples
 
 
 def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
@@ -83,13 +104,20 @@ class MixtureDataset(Dataset):
         self,
         components: list[MixtureComponent],
         tasks: dict[str, Task],
-        world: World,
+        world: World | None,
         seed: int,
+        sources: list[SampleFile] | None = None,
     ) -> None:
         self.components = list(components)
         self.tasks = tasks
         self.seed = seed
-        self.sources = [WorldSource(world, c.split, c.task, c.lang) for c in self.components]
+        if sources is None:  # data.kind: world
+            assert world is not None, "a mixture without data files reads the world"
+            self.sources = [WorldSource(world, c.split, c.task, c.lang) for c in self.components]
+            self.sizes = [c.size for c in self.components]
+        else:  # one data file per component, read from sample 0 again after its end (or after `size`)
+            self.sources = list(sources)
+            self.sizes = [c.size or len(s) for c, s in zip(self.components, self.sources)]
         total = sum(c.weight for c in self.components)
         self._cumulative = []
         acc = 0.0
@@ -108,8 +136,8 @@ class MixtureDataset(Dataset):
     def __getitem__(self, g: int) -> Example:
         i = self.component(g)
         comp = self.components[i]
-        index = g % comp.size if comp.size is not None else g
-        sample = self.sources[i][index]
+        size = self.sizes[i]
+        sample = self.sources[i][g % size if size is not None else g]
         rng = random.Random(stable_hash("example", self.seed, g))
         return self.tasks[comp.task].build(sample, train=True, rng=rng)
 
@@ -216,22 +244,32 @@ class MixtureDataModule(pl.LightningDataModule):
 
     def __init__(self, recipe: Recipe, tokenizer: Any, image_size: int) -> None:
         super().__init__()
-        if recipe.data.kind != "world":  # pragma: no cover - only kind so far
-            raise RecipeError(f"{recipe.source}: data.kind {recipe.data.kind!r} is not supported")
         self.recipe = recipe
         self.tokenizer = tokenizer
         self.image_size = image_size
-        self.world = make_world(recipe, image_size)
+        files = recipe.data.kind == "files"
+        self.world = None if files else make_world(recipe, image_size)
         self.tasks = make_tasks(recipe, tokenizer, image_size)
-        self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed)
+        sources = None
+        if files:
+            sources = [
+                open_data_file(recipe, f"data.mixture.{i}", c, c.task, c.lang)
+                for i, c in enumerate(recipe.data.mixture)
+            ]
+        self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed, sources)
         self.pairs = None  # the contrastive pair stream of `data.retrieval`, if any
-        if recipe.data.retrieval is not None:
+        pairs_section = recipe.data.retrieval
+        if pairs_section is not None:
             from .retrieval import PairStream
 
             task = RetrievalTask(
                 tokenizer, image_size=image_size, max_source_length=recipe.data.max_source_length
             )
-            self.pairs = PairStream(recipe.data.retrieval, task, self.world, recipe.train.seed)
+            images = None
+            if files:  # image-centric: each pair a different image with one of its texts (PairStream)
+                lang = pairs_section.langs[0]
+                images = open_data_file(recipe, "data.retrieval", pairs_section, "caption", lang)
+            self.pairs = PairStream(pairs_section, task, self.world, recipe.train.seed, images)
         self.start_samples = 0  # set from a checkpoint by `load_state_dict`
 
     # The data position: samples of the stream consumed by finished optimizer steps.

@@ -56,7 +56,9 @@ class TokenizerSection:
 class MixtureComponent:
     """One (task, language) stream of the training mixture, drawn with probability weight / sum(weights).
 
-    `size` bounds the source (sample index = global index mod size): a fixed small data set; None = unbounded.
+    `size` bounds the source (sample index = global index mod size): a fixed small data set; None = unbounded
+    (world) or the whole file. With `data.kind: files`, `path` names the data file and `format` its format
+    (`ofa.data.formats.FORMATS`; null: told from the file name); `split` is then unused.
     """
 
     task: str
@@ -64,6 +66,8 @@ class MixtureComponent:
     weight: float = 1.0
     split: str = "train"
     size: int | None = None
+    path: str | None = None
+    format: str | None = None
 
 
 @dataclass
@@ -79,16 +83,18 @@ class RetrievalSection:
     split: str = "train"
     size: int | None = None  # bound the scenes (pair index mod size); None: every pair a new scene
     local_loss: bool = True  # each rank scores its own rows only (less memory; the same gradient)
+    # data.kind: files: the pairs file (retrieval formats of `ofa.data.formats`; its texts are in langs[0])
+    path: str | None = None
+    format: str | None = None  # null: told from the file name
 
 
 @dataclass
 class DataSection:
-    """Where samples come from. `kind: world` is the synthetic world (`world`: `WorldConfig` overrides).
-
-    Other kinds (file sources for real data) are added as new `kind` values with their own keys.
+    """Where samples come from. `kind: world` is the synthetic world (`world`: `WorldConfig` overrides);
+    `kind: files` reads every mixture component (and `retrieval`) from its own data file (`path`, `format`).
     """
 
-    kind: Literal["world"] = "world"
+    kind: Literal["world", "files"] = "world"
     world: dict[str, Any] = field(default_factory=dict)
     mixture: list[MixtureComponent] = field(default_factory=list)
     image_size: int | None = None  # None: the model's image_size
@@ -341,6 +347,7 @@ def _check(recipe: Recipe, where: str) -> None:
                 f"{where}: data.mixture.{i}.task: retrieval is contrastive, not generative; "
                 "train it with a data.retrieval section"
             )
+    _check_files(recipe, where)
     pairs = recipe.data.retrieval
     if pairs is not None:
         if pairs.batch_size < 2 or pairs.batch_size % recipe.train.accumulate_grad_batches:
@@ -410,6 +417,43 @@ def _check(recipe: Recipe, where: str) -> None:
         )
     if t.resume not in ("auto", "none") and not t.resume.endswith(".ckpt"):
         raise RecipeError(f"{where}: train.resume: expected auto, none or a .ckpt path, got {t.resume!r}")
+
+
+def _check_files(recipe: Recipe, where: str) -> None:
+    """`data.kind: files` needs a `path` on every component (and on `data.retrieval`), in a format that holds
+    the component's task; `kind: world` takes none. Whether the files exist is checked when they are opened."""
+    from ofa.data.formats import DataFormatError, check_format
+
+    data = recipe.data
+    files = data.kind == "files"
+    sections = [(f"data.mixture.{i}", comp.task, comp) for i, comp in enumerate(data.mixture)]
+    if data.retrieval is not None:
+        sections.append(("data.retrieval", "retrieval", data.retrieval))
+    for key, task, section in sections:
+        if not files:
+            for name in ("path", "format"):
+                if getattr(section, name) is not None:
+                    raise RecipeError(f"{where}: {key}.{name}: only read with data.kind: files")
+            continue
+        if section.path is None:
+            raise RecipeError(f"{where}: {key}.path: data.kind: files needs a data file for every source")
+        if section.format is not None:
+            try:
+                check_format(task, section.format)
+            except DataFormatError as err:
+                raise RecipeError(f"{where}: {key}.format: {err}") from None
+    if files:
+        if data.world:
+            raise RecipeError(f"{where}: data.world: only read with data.kind: world")
+        if data.retrieval is not None and len(data.retrieval.langs) != 1:
+            raise RecipeError(
+                f"{where}: data.retrieval.langs: a pairs file has one language; give one, got {data.retrieval.langs}"
+            )
+        if recipe.train.eval_every > 0:
+            raise RecipeError(
+                f"{where}: train.eval_every: periodic evaluation reads world splits; with data.kind: files set "
+                "it to 0 and score the export with `ofa eval CKPT --task T --data FILE`"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- loading

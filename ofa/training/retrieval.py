@@ -1,7 +1,10 @@
 """Contrastive image-text training beside the generative mixture (the recipe's ``data.retrieval`` section).
 
 Stream. Pair ``j`` (0, 1, 2, ...) has language ``langs[hash(seed, j) mod len(langs)]`` and is world scene
-``j`` (``j mod size`` when bounded) of ``split`` with one of its captions, built by the `retrieval` task.
+``j`` (``j mod size`` when bounded) of ``split`` with one of its captions, built by the `retrieval` task. With
+``data.kind: files`` it is image ``j mod size`` (default: every image) of the pairs file with one of its texts
+(by a hash of ``(seed, j)``), in ``langs[0]``: consecutive pairs show different images, so the other pairs of
+a batch are true negatives (a file lists the texts of one image together).
 
 Layout. Optimizer step ``s`` takes pairs ``[s*R, (s+1)*R)``; with ``W`` processes and ``A`` accumulation
 micro-steps, micro-step ``k`` of rank ``r`` takes ``s*R + k*W*p + r*p + [0, p)`` with ``p = R / (W*A)``, the
@@ -18,7 +21,7 @@ of the contrastive loss.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from torch.utils.data import Dataset, Sampler
@@ -41,16 +44,40 @@ class PairIndex(NamedTuple):
 class PairStream:
     """The deterministic stream of retrieval examples: ``stream[j]`` depends only on (section, seed, j)."""
 
-    def __init__(self, section: RetrievalSection, task: RetrievalTask, world: World, seed: int) -> None:
+    def __init__(
+        self,
+        section: RetrievalSection,
+        task: RetrievalTask,
+        world: World | None,
+        seed: int,
+        images: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """`images`: with `data.kind: files`, the pairs file as caption samples (an image with its texts)."""
         self.section, self.task, self.seed = section, task, seed
-        self.sources = {lang: WorldSource(world, section.split, "retrieval", lang) for lang in section.langs}
+        self.size = section.size
+        self.images = images
+        if images is not None:
+            self.size = section.size or len(images)
+        else:
+            assert world is not None, "pairs without a pairs file come from the world"
+            self.sources = {
+                lang: WorldSource(world, section.split, "retrieval", lang) for lang in section.langs
+            }
 
     def __getitem__(self, j: int) -> Example:
         langs = self.section.langs
         lang = langs[stable_hash("pair-lang", self.seed, j) % len(langs)]
-        index = j % self.section.size if self.section.size is not None else j
+        index = j % self.size if self.size is not None else j
         rng = random.Random(stable_hash("pair", self.seed, j))
+        if self.images is not None:
+            return self.task.build(self._file_pair(index, j), train=True, rng=rng)
         return self.task.build(self.sources[lang][index], train=True, rng=rng)
+
+    def _file_pair(self, index: int, j: int) -> dict[str, Any]:
+        image = self.images[index]
+        texts = image.pop("captions")
+        k = stable_hash("pair-text", self.seed, j) % len(texts)
+        return {**image, "text": texts[k], "image_id": image["id"], "id": f"{image['id']}/{k}"}
 
 
 class MixtureWithPairs(Dataset):

@@ -86,11 +86,24 @@ def build_model(recipe: Recipe, tokenizer: OFATokenizer) -> OFAModel:
     return model
 
 
+def _devices(recipe: Recipe) -> int | str:
+    """`train.devices`, with `auto` on CPU meaning one process (Lightning's `auto` is one CPU device anyway, but
+    DDP around it would start a process group and fail in notebooks); on GPUs `auto` stays every visible GPU."""
+    t = recipe.train
+    if t.devices != "auto":
+        return t.devices
+    if t.accelerator == "cpu":
+        return 1
+    if t.accelerator in ("auto", "gpu", "cuda"):  # no GPU (or one): one process, as on CPU
+        return 1 if torch.cuda.device_count() <= 1 else "auto"
+    return "auto"
+
+
 def _strategy(recipe: Recipe) -> Any:
     t = recipe.train
     if t.strategy == "fsdp":
         return "fsdp"
-    single = t.num_nodes == 1 and t.devices == 1
+    single = t.num_nodes == 1 and _devices(recipe) == 1
     if t.strategy == "ddp" or (t.strategy == "auto" and not single):
         # Some parameters (e.g. the image-code embeddings) are unused by batches without code targets.
         return DDPStrategy(find_unused_parameters=True)
@@ -219,7 +232,7 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
     try:
         trainer = pl.Trainer(
             accelerator=t.accelerator,
-            devices=t.devices,
+            devices=_devices(recipe),
             num_nodes=t.num_nodes,
             strategy=_strategy(recipe),
             precision=PRECISIONS[t.precision],
