@@ -73,6 +73,7 @@ def test_eval_uses_the_checkpoint_recipe_search_then_the_command_line(checkpoint
         return ["a small red circle"] * len(examples)
 
     monkeypatch.setattr(harness, "predict", fake_predict)
+    monkeypatch.setattr("ofa.tasks.caption.CaptionTask.score", lambda self, predictions, examples: {})
     harness.evaluate(folder, "caption", split="val", samples=2)
     assert seen == {"beam_size": 3, "max_len_b": 7, "max_target_length": 40}
     seen.clear()
