@@ -227,6 +227,35 @@ def cmd_imagine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """Find the gallery images a text describes: embeds every image of --gallery (a folder) and the query,
+    ranks by cosine similarity and reranks the top --k by image-text matching. Prints rank, score, file.
+
+    The checkpoint needs a retrieval head (trained with model.config.retrieval_dim and data.retrieval).
+    """
+    from ofa.api import InputError
+
+    gallery = Path(args.gallery)
+    if not gallery.is_dir():
+        raise FileNotFoundError(f"--gallery {gallery}: not a folder")
+    files = sorted(p for p in gallery.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"--gallery {gallery}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    ofa = _load_ofa(args)
+    hits = ofa.retrieve(args.query, files, k=min(args.k, len(files)), rerank=not args.no_rerank)
+    rows = [{"rank": i + 1, "file": str(files[h.index]), **h.to_dict()} for i, h in enumerate(hits)]
+    if args.json:
+        print(json.dumps({"query": args.query, "results": rows}, ensure_ascii=False))
+    else:
+        for row in rows:
+            match = "" if row["match_probability"] is None else f"  match {row['match_probability']:.3f}"
+            print(f"{row['rank']:3d}  similarity {row['similarity']:.3f}{match}  {row['file']}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Caption and ground --n world scenes (English and Chinese) with a checkpoint; print a table and write
     OUT/report.html (one self-contained file). Retrieval and text-to-image run when the checkpoint has them.
@@ -311,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
     p.add_argument("--no-rerank", action="store_true", help="keep sampling order instead of reranking")
     p.add_argument("--save-all", action="store_true", help="also write the others as OUTPUT-1.png, ...")
+    add_model_options(p, beam=False)
+
+    p = add("retrieve", cmd_retrieve, "find the images of a folder that a text describes")
+    p.epilog = 'example: ofa retrieve --gallery outputs/gallery "红色的圆形" --k 5'
+    p.add_argument("query", help="the text to search for (English or Chinese)")
+    p.add_argument("--gallery", required=True, metavar="DIR", help="folder of images to search")
+    p.add_argument("--k", type=int, default=5, help="how many results (default: 5)")
+    p.add_argument("--no-rerank", action="store_true", help="rank by embedding similarity only")
     add_model_options(p, beam=False)
 
     p = add("report", cmd_report, "show what a checkpoint does on world scenes (HTML report)")

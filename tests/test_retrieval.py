@@ -501,3 +501,31 @@ def test_init_from_adds_a_fresh_head_and_bad_sections_are_named(tok, tmp_path):
         bad["data"]["retrieval"][key] = value
         with pytest.raises(RecipeError, match=message):
             recipe_from_dict(bad)
+
+
+def test_cli_retrieve_ranks_a_gallery_folder_like_the_api(api, world, tmp_path, capsys):
+    import json
+
+    from ofa.cli import main
+
+    checkpoint, gallery = tmp_path / "ckpt", tmp_path / "gallery"
+    api.model.save_pretrained(checkpoint)
+    api.tokenizer.save_pretrained(checkpoint)
+    (checkpoint / "recipe.yaml").write_text("data: {image_size: 64}\n")
+    gallery.mkdir()
+    for i in range(4):
+        world.scene("val", i).image.save(gallery / f"scene{i}.png")
+    (gallery / "notes.txt").write_text("not an image")
+    args = ["retrieve", "红色的圆形", "--gallery", str(gallery), "--k", "3", "--checkpoint", str(checkpoint)]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    files = sorted(gallery.glob("*.png"))
+    expected = api.retrieve("红色的圆形", files, k=3)
+    assert [r["file"] for r in rows] == [str(files[h.index]) for h in expected]
+    assert [r["match_probability"] for r in rows] == pytest.approx([h.match_probability for h in expected])
+    assert main(args) == 0 and len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert main(["retrieve", "x", "--gallery", str(tmp_path / "none"), "--checkpoint", str(checkpoint)]) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["retrieve", "x", "--gallery", str(empty), "--checkpoint", str(checkpoint)]) == 1
+    assert "no images" in capsys.readouterr().err
