@@ -20,7 +20,13 @@ from safetensors.torch import load_file, save_file
 from ofa.retrieval import CNCLIPLoadError, CNCLIPModel, CNCLIPTokenizer, load_cnclip, packaged_vocab_path
 from tests.conftest import require, shared_dir
 
-FEATURE_KEYS = ("image_features", "image_embeds", "text_features", "text_embeds", "text_features_preprocessed")
+FEATURE_KEYS = (
+    "image_features",
+    "image_embeds",
+    "text_features",
+    "text_embeds",
+    "text_features_preprocessed",
+)
 
 
 def _fixture_dir() -> Path:
@@ -97,6 +103,7 @@ def expected(model_dir: Path) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ tokenizer
 
+
 def test_vocab_is_the_reference_one(vocab: Path, tokens: dict) -> None:
     assert hashlib.sha256(vocab.read_bytes()).hexdigest() == tokens["vocab_sha256"]
 
@@ -104,7 +111,9 @@ def test_vocab_is_the_reference_one(vocab: Path, tokens: dict) -> None:
 def test_token_ids(loaded: CNCLIPModel, tokens: dict) -> None:
     assert loaded.context_length == tokens["context_length"]
     assert loaded.tokenize(tokens["captions"]).tolist() == tokens["input_ids"]
-    assert loaded.tokenize(tokens["captions"], normalize_text=True).tolist() == tokens["input_ids_preprocessed"]
+    assert (
+        loaded.tokenize(tokens["captions"], normalize_text=True).tolist() == tokens["input_ids_preprocessed"]
+    )
     trunc = tokens["truncation_case"]
     assert len(loaded.tokenizer.wordpieces(trunc["text"])) == trunc["n_wordpieces"]
     assert loaded.tokenize(trunc["text"])[0].tolist() == trunc["input_ids"]
@@ -112,10 +121,23 @@ def test_token_ids(loaded: CNCLIPModel, tokens: dict) -> None:
 
 
 EDGE_TEXTS = [
-    "[MASK] 是 [CLS] [unk] [SEP] [PAD]", "Café naïve RÉSUMÉ", "İstanbul ß ﬁ Ω Å", "a\x00b\ufffdc\u200bd\te\nf",
-    "", "   ", "hello,world!!! ???", "x" * 200, "x" * 201, "unaffable 12345678901234 ＡＢＣ１２３",
-    "😀🐱 ﹏ ～", "全角，标点。！？、；：“”‘’（）【】《》", "ひらがな カタカナ 한국어 ไทย", "soft\u00adhyphen\u3000space",
-    "𠀀𪚥", "Ⅻ ½ ² ™", "这是一段很长的中文描述，" * 12,
+    "[MASK] 是 [CLS] [unk] [SEP] [PAD]",
+    "Café naïve RÉSUMÉ",
+    "İstanbul ß ﬁ Ω Å",
+    "a\x00b\ufffdc\u200bd\te\nf",
+    "",
+    "   ",
+    "hello,world!!! ???",
+    "x" * 200,
+    "x" * 201,
+    "unaffable 12345678901234 ＡＢＣ１２３",
+    "😀🐱 ﹏ ～",
+    "全角，标点。！？、；：“”‘’（）【】《》",
+    "ひらがな カタカナ 한국어 ไทย",
+    "soft\u00adhyphen\u3000space",
+    "𠀀𪚥",
+    "Ⅻ ½ ² ™",
+    "这是一段很长的中文描述，" * 12,
 ]
 
 
@@ -130,6 +152,7 @@ def test_tokenizer_matches_cn_clip(cn_clip_vocab: Path, context_length: int) -> 
 
 # ------------------------------------------------------------------------------------ preprocessing
 
+
 def test_pixel_values_exact(loaded: CNCLIPModel, images: list[Path], ref_dir: Path) -> None:
     ref = load_file(str(ref_dir / "pixel_values.safetensors"))["pixel_values"]
     mine = loaded.preprocess_images(images)
@@ -138,6 +161,7 @@ def test_pixel_values_exact(loaded: CNCLIPModel, images: list[Path], ref_dir: Pa
 
 
 # ------------------------------------------------------------------------------------------ outputs
+
 
 @pytest.mark.parametrize("key", FEATURE_KEYS)
 def test_features(outputs: dict, expected: dict, key: str) -> None:
@@ -153,8 +177,9 @@ def test_logit_scale_exact(loaded: CNCLIPModel, expected: dict) -> None:
     assert loaded.logit_scale.item() == expected["logit_scale_exp"].item()
 
 
-def test_pixel_tensor_and_token_inputs(loaded: CNCLIPModel, images: list[Path], outputs: dict,
-                                       ref_dir: Path) -> None:
+def test_pixel_tensor_and_token_inputs(
+    loaded: CNCLIPModel, images: list[Path], outputs: dict, ref_dir: Path
+) -> None:
     pixels = load_file(str(ref_dir / "pixel_values.safetensors"))["pixel_values"]
     torch.testing.assert_close(loaded.encode_images(pixels), outputs["image_features"], atol=1e-6, rtol=0)
     ids = loaded.tokenize(["浅灰色背景中的蓝色正方形"])
@@ -162,6 +187,7 @@ def test_pixel_tensor_and_token_inputs(loaded: CNCLIPModel, images: list[Path], 
 
 
 # ------------------------------------------------------------------------------- checkpoint layouts
+
 
 def _write_official_pt(model_dir: Path, dest: Path) -> Path:
     """A released-style checkpoint: {"state_dict": {"module." + key: ...}, "epoch", "step", "name"}."""
@@ -174,8 +200,9 @@ def _write_official_pt(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def test_official_pt_layout_loads_identically(model_dir: Path, vocab: Path, loaded: CNCLIPModel,
-                                              images: list[Path], tmp_path: Path) -> None:
+def test_official_pt_layout_loads_identically(
+    model_dir: Path, vocab: Path, loaded: CNCLIPModel, images: list[Path], tmp_path: Path
+) -> None:
     pt = _write_official_pt(model_dir, tmp_path / "epoch_latest.pt")
     with pytest.raises(CNCLIPLoadError, match="no config"):
         load_cnclip(pt, vocab_path=vocab)
@@ -248,6 +275,7 @@ def test_bad_files_give_clear_errors(model_dir: Path, vocab: Path, tmp_path: Pat
 
 # ------------------------------------------------------------- ModifiedResNet vs a random cn_clip model
 
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Re-draw every float tensor (fan-in scaled; norm gains ~1; BN running stats random)."""
     g = torch.Generator().manual_seed(seed)
@@ -270,11 +298,22 @@ def test_modified_resnet_matches_cn_clip(cn_clip_vocab: Path, tmp_path: Path) ->
     cn_model = pytest.importorskip("cn_clip.clip.model")
     cn_utils = pytest.importorskip("cn_clip.clip.utils")
     kwargs = {
-        "embed_dim": 24, "image_resolution": 64, "vision_layers": [1, 2, 1, 1], "vision_width": 16,
-        "vision_patch_size": None, "vision_head_width": 64, "vocab_size": 21128,
-        "text_attention_probs_dropout_prob": 0.1, "text_hidden_act": "gelu", "text_hidden_dropout_prob": 0.1,
-        "text_hidden_size": 32, "text_initializer_range": 0.02, "text_intermediate_size": 64,
-        "text_max_position_embeddings": 512, "text_num_attention_heads": 2, "text_num_hidden_layers": 2,
+        "embed_dim": 24,
+        "image_resolution": 64,
+        "vision_layers": [1, 2, 1, 1],
+        "vision_width": 16,
+        "vision_patch_size": None,
+        "vision_head_width": 64,
+        "vocab_size": 21128,
+        "text_attention_probs_dropout_prob": 0.1,
+        "text_hidden_act": "gelu",
+        "text_hidden_dropout_prob": 0.1,
+        "text_hidden_size": 32,
+        "text_initializer_range": 0.02,
+        "text_intermediate_size": 64,
+        "text_max_position_embeddings": 512,
+        "text_num_attention_heads": 2,
+        "text_num_hidden_layers": 2,
         "text_type_vocab_size": 2,
     }
     ref = cn_model.CLIP(**kwargs)
@@ -283,15 +322,20 @@ def test_modified_resnet_matches_cn_clip(cn_clip_vocab: Path, tmp_path: Path) ->
         ref.logit_scale.fill_(2.5)
     ref.eval()
     # released-style .pt + the official split JSON configs (vision_layers as a string)
-    torch.save({"epoch": 1, "state_dict": {"module." + k: v for k, v in ref.state_dict().items()}},
-               tmp_path / "rn.pt")
+    torch.save(
+        {"epoch": 1, "state_dict": {"module." + k: v for k, v in ref.state_dict().items()}},
+        tmp_path / "rn.pt",
+    )
     vision = {k: kwargs[k] for k in ("embed_dim", "image_resolution", "vision_width", "vision_patch_size")}
     vision["vision_layers"] = "[1,2,1,1]"
     text = {k: v for k, v in kwargs.items() if k == "vocab_size" or k.startswith("text_")}
     (tmp_path / "RN-tiny.json").write_text(json.dumps(vision))
     (tmp_path / "RBT-tiny.json").write_text(json.dumps(text))
-    mine = load_cnclip(tmp_path / "rn.pt", config=[tmp_path / "RN-tiny.json", tmp_path / "RBT-tiny.json"],
-                       vocab_path=cn_clip_vocab)
+    mine = load_cnclip(
+        tmp_path / "rn.pt",
+        config=[tmp_path / "RN-tiny.json", tmp_path / "RBT-tiny.json"],
+        vocab_path=cn_clip_vocab,
+    )
     assert type(mine.model.visual).__name__ == "ModifiedResNet"
 
     g = torch.Generator().manual_seed(1)

@@ -52,9 +52,17 @@ ImageInput = Image.Image | str | Path | torch.Tensor
 TextInput = str | Sequence[str] | torch.Tensor
 
 _REQUIRED_KWARGS = (
-    "embed_dim", "image_resolution", "vision_layers", "vision_width", "vocab_size", "text_hidden_size",
-    "text_num_hidden_layers", "text_num_attention_heads", "text_intermediate_size",
-    "text_max_position_embeddings", "text_type_vocab_size",
+    "embed_dim",
+    "image_resolution",
+    "vision_layers",
+    "vision_width",
+    "vocab_size",
+    "text_hidden_size",
+    "text_num_hidden_layers",
+    "text_num_attention_heads",
+    "text_intermediate_size",
+    "text_max_position_embeddings",
+    "text_type_vocab_size",
 )
 
 
@@ -148,6 +156,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- model
 
+
 def bert_config_from_kwargs(kwargs: Mapping[str, Any], pad_token_id: int = 0) -> BertConfig:
     """The `transformers.BertConfig` equivalent of cn_clip's text-tower kwargs."""
     return BertConfig(
@@ -199,11 +208,15 @@ def build_open_clip_model(config: CNCLIPConfig, pad_token_id: int = 0) -> open_c
         )
     model.text.config._name_or_path = ""  # not the (deleted) temporary folder
     if model.text.config.pad_token_id != pad_token_id:  # the HF tower masks `ids != config.pad_token_id`
-        raise CNCLIPLoadError(f"BERT pad_token_id is {model.text.config.pad_token_id}, expected {pad_token_id}")
+        raise CNCLIPLoadError(
+            f"BERT pad_token_id is {model.text.config.pad_token_id}, expected {pad_token_id}"
+        )
     return model
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], source: str = "<state_dict>") -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state_dict: Mapping[str, Any], source: str = "<state_dict>"
+) -> dict[str, torch.Tensor]:
     """Official Chinese-CLIP keys -> `CustomTextCLIP` keys.
 
     Strips a DDP `module.` prefix, drops `bert.pooler.*`, maps `bert.X` -> `text.transformer.X` and
@@ -214,15 +227,22 @@ def convert_state_dict(state_dict: Mapping[str, Any], source: str = "<state_dict
     unknown: list[str] = []
     for key, value in state_dict.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CNCLIPLoadError(f"{source}: state_dict entry {key!r} is not a tensor ({type(value).__name__})")
-        k = key[len("module."):] if key.startswith("module.") else key
-        if k.startswith("bert.pooler.") or k in ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids"):
+            raise CNCLIPLoadError(
+                f"{source}: state_dict entry {key!r} is not a tensor ({type(value).__name__})"
+            )
+        k = key[len("module.") :] if key.startswith("module.") else key
+        if k.startswith("bert.pooler.") or k in (
+            "bert.embeddings.position_ids",
+            "bert.embeddings.token_type_ids",
+        ):
             continue
         if k.startswith("bert."):
-            out["text.transformer." + k[len("bert."):]] = value
+            out["text.transformer." + k[len("bert.") :]] = value
         elif k == "text_projection":
             if value.ndim != 2:
-                raise CNCLIPLoadError(f"{source}: text_projection must be 2-d, got shape {tuple(value.shape)}")
+                raise CNCLIPLoadError(
+                    f"{source}: text_projection must be 2-d, got shape {tuple(value.shape)}"
+                )
             out["text.proj.weight"] = value.t().contiguous()
         elif k.startswith("visual.") or k == "logit_scale":
             out[k] = value
@@ -285,6 +305,7 @@ def _resolve_files(path: Path, config: Any) -> tuple[Path, CNCLIPConfig]:
 
 # --------------------------------------------------------------------------------------------- wrapper
 
+
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
@@ -297,14 +318,20 @@ class CNCLIPModel(nn.Module):
     batched, gradient-free inference helpers that accept raw inputs.
     """
 
-    def __init__(self, model: open_clip.CustomTextCLIP, tokenizer: CNCLIPTokenizer, config: CNCLIPConfig) -> None:
+    def __init__(
+        self, model: open_clip.CustomTextCLIP, tokenizer: CNCLIPTokenizer, config: CNCLIPConfig
+    ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.preprocess = open_clip.image_transform(
-            config.resolution, is_train=False, mean=config.image_mean, std=config.image_std,
-            resize_mode="squash", interpolation="bicubic",
+            config.resolution,
+            is_train=False,
+            mean=config.image_mean,
+            std=config.image_std,
+            resize_mode="squash",
+            interpolation="bicubic",
         )
 
     @property
@@ -320,8 +347,9 @@ class CNCLIPModel(nn.Module):
         """exp(stored logit_scale): the multiplier of the cosine similarities."""
         return self.model.logit_scale.detach().exp()
 
-    def tokenize(self, texts: str | Sequence[str], normalize_text: bool = False,
-                 context_length: int | None = None) -> torch.Tensor:
+    def tokenize(
+        self, texts: str | Sequence[str], normalize_text: bool = False, context_length: int | None = None
+    ) -> torch.Tensor:
         """Token ids (N, context_length), exactly `cn_clip.clip.tokenize` (after the dataset clean-up if
         `normalize_text`)."""
         return self.tokenizer(texts, context_length=context_length, normalize=normalize_text)
@@ -339,9 +367,9 @@ class CNCLIPModel(nn.Module):
             return images.unsqueeze(0) if images.ndim == 3 else images
         if isinstance(images, (Image.Image, str, Path)):
             images = [images]
-        return torch.stack([
-            img if isinstance(img, torch.Tensor) else self.preprocess_image(img) for img in images
-        ])
+        return torch.stack(
+            [img if isinstance(img, torch.Tensor) else self.preprocess_image(img) for img in images]
+        )
 
     @torch.no_grad()
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> torch.Tensor:
@@ -357,26 +385,41 @@ class CNCLIPModel(nn.Module):
         return torch.cat(outs) if outs else torch.empty(0, self.embed_dim, device=self.device)
 
     @torch.no_grad()
-    def encode_texts(self, texts: TextInput, normalize_text: bool = False, batch_size: int = 256,
-                     context_length: int | None = None) -> torch.Tensor:
+    def encode_texts(
+        self,
+        texts: TextInput,
+        normalize_text: bool = False,
+        batch_size: int = 256,
+        context_length: int | None = None,
+    ) -> torch.Tensor:
         """Unnormalised text features (N, D); `texts` may also be token ids (N, L)."""
-        ids = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts, normalize_text, context_length)
+        ids = (
+            texts if isinstance(texts, torch.Tensor) else self.tokenize(texts, normalize_text, context_length)
+        )
         if ids.ndim == 1:
             ids = ids.unsqueeze(0)
-        outs = [self.model.encode_text(ids[s].to(self.device)).float() for s in _batches(len(ids), batch_size)]
+        outs = [
+            self.model.encode_text(ids[s].to(self.device)).float() for s in _batches(len(ids), batch_size)
+        ]
         return torch.cat(outs) if outs else torch.empty(0, self.embed_dim, device=self.device)
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> torch.Tensor:
         """L2-normalised image embeddings (N, D)."""
         return F.normalize(self.encode_images(images, batch_size), dim=-1)
 
-    def embed_texts(self, texts: TextInput, normalize_text: bool = False, batch_size: int = 256,
-                    context_length: int | None = None) -> torch.Tensor:
+    def embed_texts(
+        self,
+        texts: TextInput,
+        normalize_text: bool = False,
+        batch_size: int = 256,
+        context_length: int | None = None,
+    ) -> torch.Tensor:
         """L2-normalised text embeddings (N, D). `normalize_text=True` applies the dataset clean-up."""
         return F.normalize(self.encode_texts(texts, normalize_text, batch_size, context_length), dim=-1)
 
-    def logits(self, images: ImageInput | Sequence[ImageInput], texts: TextInput,
-               normalize_text: bool = False) -> torch.Tensor:
+    def logits(
+        self, images: ImageInput | Sequence[ImageInput], texts: TextInput, normalize_text: bool = False
+    ) -> torch.Tensor:
         """logits_per_image (N_images, N_texts) = exp(logit_scale) * img @ txt.T (transpose: per text)."""
         img = self.embed_images(images)
         txt = self.embed_texts(texts, normalize_text)
@@ -390,9 +433,14 @@ class CNCLIPModel(nn.Module):
         return self.logits(images, texts)
 
 
-def load_cnclip(path: str | Path, device: str | torch.device | None = None, *,
-                config: Mapping[str, Any] | str | Path | Sequence[str | Path] | None = None,
-                vocab_path: str | Path | None = None, context_length: int | None = None) -> CNCLIPModel:
+def load_cnclip(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    config: Mapping[str, Any] | str | Path | Sequence[str | Path] | None = None,
+    vocab_path: str | Path | None = None,
+    context_length: int | None = None,
+) -> CNCLIPModel:
     """Load a Chinese-CLIP checkpoint into open_clip (see the module docstring for the layouts).
 
     Args:
@@ -414,8 +462,10 @@ def load_cnclip(path: str | Path, device: str | torch.device | None = None, *,
     except CNCLIPVocabError as e:
         raise CNCLIPLoadError(str(e)) from e
     if len(tokenizer) != int(cfg.clip_kwargs["vocab_size"]):
-        raise CNCLIPLoadError(f"{tokenizer.vocab_path}: {len(tokenizer)} entries but the model's vocab_size "
-                              f"is {cfg.clip_kwargs['vocab_size']}")
+        raise CNCLIPLoadError(
+            f"{tokenizer.vocab_path}: {len(tokenizer)} entries but the model's vocab_size "
+            f"is {cfg.clip_kwargs['vocab_size']}"
+        )
 
     model = build_open_clip_model(cfg, pad_token_id=tokenizer.pad_id)
     state = convert_state_dict(read_state_dict(weights), source=str(weights))

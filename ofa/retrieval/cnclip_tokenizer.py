@@ -90,10 +90,14 @@ class CNCLIPTokenizer:
         self.sep_id = self.vocab["[SEP]"]
         self.unk_id = self.vocab["[UNK]"]
         # cn_clip's WordpieceTokenizer maps words longer than 200 characters to [UNK] (HF's default is 100).
-        tok = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", continuing_subword_prefix="##",
-                                         max_input_chars_per_word=200))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=True, lowercase=True)
+        tok = Tokenizer(
+            models.WordPiece(
+                self.vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=200
+            )
+        )
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         # No post-processor and no added/special tokens: [CLS]/[SEP]/padding are added below.
         self._tok = tok
@@ -107,8 +111,9 @@ class CNCLIPTokenizer:
             text = normalize_dataset_text(text)
         return self._tok.encode(text, add_special_tokens=False).tokens
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None,
-                 normalize: bool = False) -> torch.Tensor:
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None, normalize: bool = False
+    ) -> torch.Tensor:
         """Token ids, shape (N, context_length), int64.
 
         Args:
