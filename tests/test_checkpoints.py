@@ -77,6 +77,10 @@ def test_sharded_save_and_half_precision(tmp_path):
     loaded = OFAModel.from_pretrained(tmp_path / "ckpt")
     weight = model.encoder.embed_tokens.weight
     assert torch.equal(loaded.encoder.embed_tokens.weight, weight.to(torch.bfloat16).float())
+    # Half-precision weights load as float32 by default, and stay half when asked.
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    kept = OFAModel.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
     # Saving again unsharded replaces the shards instead of leaving stale files.
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]

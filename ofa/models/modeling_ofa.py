@@ -661,10 +661,16 @@ class OFAModel(nn.Module):
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
     ) -> OFAModel:
-        """Load our format, an official HF-port folder or an official fairseq `.pt` (detected automatically)."""
+        """Load our format, an official HF-port folder or an official fairseq `.pt` (detected automatically).
+
+        Weights stored in half precision load as float32 unless `dtype` asks otherwise (as in transformers):
+        CPU inference in float16 is slow and some CPU kernels lack it.
+        """
         from ofa.convert.checkpoints import load_checkpoint
 
         config, state = load_checkpoint(path)
+        if dtype is None:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         if attn_implementation is not None:
             config.attn_implementation = attn_implementation
             config.validate()
