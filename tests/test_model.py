@@ -184,3 +184,27 @@ def test_config_errors_name_the_field(tmp_path):
         OFAConfig.load(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="unknown preset"):
         OFAConfig.preset("gigantic")
+
+
+def test_convnet_stem_is_plain_stride_two_stages_and_round_trips(tmp_path):
+    from timm.layers import ConvNormAct
+
+    model = random_model(small_config(image_stem="convnet", convnet_channels=[8, 16, 24, 32]))
+    stem = model.encoder.embed_images
+    convs = [m for m in stem.modules() if isinstance(m, ConvNormAct)]
+    assert [c.conv.stride for c in convs] == [(2, 2), (1, 1)] * 4  # 4 stages: output stride 16
+    assert [c.conv.out_channels for c in convs] == [8, 8, 16, 16, 24, 24, 32, 32]
+    images = torch.randn(2, 3, 64, 64)
+    assert stem(images).shape == (2, 32, 4, 4) and model.config.image_feature_dim == 32
+    out = model.encoder(input_ids=torch.tensor([[0, 5, 6, 2]] * 2), patch_images=images)
+    assert out.last_hidden_state.shape == (2, 16 + 4, 32)
+    model.save_pretrained(tmp_path / "m")
+    loaded = OFAModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.image_stem == "convnet"
+    again = loaded.encoder(input_ids=torch.tensor([[0, 5, 6, 2]] * 2), patch_images=images)
+    assert torch.allclose(again.last_hidden_state, out.last_hidden_state, atol=1e-6)
+    assert OFAConfig().image_stem == "resnet"  # the official architecture stays the default
+    with pytest.raises(ConfigError, match="image_stem"):
+        small_config(image_stem="vit")
+    with pytest.raises(ConfigError, match="convnet_channels"):
+        small_config(convnet_channels=[])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex")
+IMAGE_STEMS = ("resnet", "convnet")
 
 # Official `resnet_type` names -> Bottleneck block counts of the three-stage trunk. "resnet18"/"resnet34" are
 # Bottleneck trunks too in the official code (its BasicBlock is unusable), so they are listed as such.
@@ -83,9 +84,13 @@ class OFAConfig:
     max_target_positions: int = 1024
     code_image_size: int = 128
 
-    # Image stem: a three-stage Bottleneck ResNet (timm blocks). resnet_width scales every stage (64 = official).
+    # Image stem: "resnet" = the official three-stage Bottleneck ResNet (timm blocks; resnet_width scales every
+    # stage, 64 = official), or "convnet" = plain 3x3 conv stages (`ofa.models.convnet`, convnet_channels), which
+    # learns shapes much faster from scratch on small pictures.
+    image_stem: str = "resnet"
     resnet_layers: list[int] = field(default_factory=lambda: [3, 4, 23])
     resnet_width: int = 64
+    convnet_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     image_size: int = 480
 
     attn_implementation: str = "sdpa"
@@ -97,6 +102,7 @@ class OFAConfig:
 
     def __post_init__(self) -> None:
         self.resnet_layers = [int(n) for n in self.resnet_layers]
+        self.convnet_channels = [int(n) for n in self.convnet_channels]
         self.validate()
 
     # ----------------------------------------------------------------------------------------------- checks
@@ -115,6 +121,10 @@ class OFAConfig:
                 f"vocab_size={self.vocab_size} leaves no room for text tokens after "
                 f"num_codes={self.num_codes} and num_bins={self.num_bins}"
             )
+        if self.image_stem not in IMAGE_STEMS:
+            raise ConfigError(f"image_stem must be one of {IMAGE_STEMS}, got {self.image_stem!r}")
+        if not self.convnet_channels or min(self.convnet_channels) < 1:
+            raise ConfigError(f"convnet_channels must list positive widths, got {self.convnet_channels}")
         if len(self.resnet_layers) != 3 or min(self.resnet_layers) < 1:
             raise ConfigError(
                 f"resnet_layers must list three positive block counts, got {self.resnet_layers}"
@@ -148,7 +158,9 @@ class OFAConfig:
 
     @property
     def image_feature_dim(self) -> int:
-        """Channels of the trunk output: stage 3 of a Bottleneck ResNet has 4 * 4 * width channels."""
+        """Channels of the stem output: stage 3 of a Bottleneck ResNet has 4 * 4 * width channels."""
+        if self.image_stem == "convnet":
+            return self.convnet_channels[-1]
         return self.resnet_width * 16
 
     # ------------------------------------------------------------------------------------------- presets

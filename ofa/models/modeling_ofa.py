@@ -29,6 +29,7 @@ from .attention import (
     token_bucket_lut,
 )
 from .configuration_ofa import OFAConfig
+from .convnet import ConvStem
 from .resnet import ResNetTrunk, linear_rates
 from .retrieval import NoRetrievalHeadError, RetrievalHead
 
@@ -302,9 +303,12 @@ class OFAEncoder(_PositionBiasMixin):
         self._init_stack(config, OFAEncoderLayer, "encoder", config.encoder_normalize_before)
         d = config.d_model
         self.embed_tokens = embed_tokens
-        self.embed_images = ResNetTrunk(
-            config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate
-        )
+        if config.image_stem == "convnet":
+            self.embed_images: nn.Module = ConvStem(config.convnet_channels)
+        else:
+            self.embed_images = ResNetTrunk(
+                config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate
+            )
         self.image_proj = nn.Linear(self.embed_images.out_channels, d)
         self.type_embedding = _embedding(2, d) if config.add_type_embedding else None
         self.layernorm_embedding = _layer_norm(config, config.layernorm_embedding)
