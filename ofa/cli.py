@@ -370,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name, e.g. caption or grounding")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", help="a split of the synthetic world: train, val, test or heldout")
-    source.add_argument("--data", help="a data file (COCO caption .json or referring-expression .jsonl)")
+    source.add_argument(
+        "--data",
+        help="a data file, format told from the name: COCO caption .json, refs .jsonl, OFA grounding .tsv, "
+        "Chinese-CLIP {split}_imgs.tsv, pairs .jsonl/.csv (ofa.data.formats)",
+    )
     p.add_argument("--lang", default="en", choices=["en", "zh"])
     p.add_argument("--samples", type=int, default=500, help="how many samples to score (default 500)")
     p.add_argument("--batch-size", type=int, default=32)
