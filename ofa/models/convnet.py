@@ -1,10 +1,10 @@
 """A plain convolutional image stem for small from-scratch models: `image_stem="convnet"`.
 
 Each stage is two 3x3 conv-BN-ReLU layers (timm's `ConvNormAct`), the first with stride 2, so four stages give
-output stride 16 like the official ResNet trunk. Why it exists: trained from scratch on small pictures, the
-official 7x7/2 + max-pool + Bottleneck trunk learned object *shape* far more slowly than this stem. On single
-world objects at 96 px (a pooled linear probe, lr 2e-3, batch 32) the ResNet trunk [1,1,1] width 32 reached
-35% shape accuracy after 800 steps, this stem (32-64-128-256) 93% after 400.
+output stride 16 like the official ResNet trunk. It is an alternative to the official 7x7/2 + max-pool +
+Bottleneck trunk for tiny pictures; `bench/stem_shape_probe.py` compares the two on single world objects (both
+learn colour and shape with direct supervision: val shape accuracy 0.86 after 400 steps for this stem, 0.90 for
+the ResNet trunk [1,1,1] width 32, 2026-12-02, 2-core CPU).
 """
 
 from __future__ import annotations
