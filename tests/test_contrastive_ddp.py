@@ -87,14 +87,19 @@ def worker(rank: int, port: int, out_file: str) -> None:
 
 
 def reference_gradients() -> dict[str, torch.Tensor]:
-    """One process, all pairs, CLIP's symmetric cross entropy written out."""
-    model, data = make_inputs()
-    images = model.embed_images(data["images"], data["prompt"])
-    texts = model.embed_texts(data["texts"])
-    logits = model.retrieval.scale() * images @ texts.T
-    labels = torch.arange(PAIRS)
-    ((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2).backward()
-    return gradients(model)
+    """One process, all pairs, CLIP's symmetric cross entropy written out (1 thread, as the workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the float reduction order then matches the workers' more closely
+    try:
+        model, data = make_inputs()
+        images = model.embed_images(data["images"], data["prompt"])
+        texts = model.embed_texts(data["texts"])
+        logits = model.retrieval.scale() * images @ texts.T
+        labels = torch.arange(PAIRS)
+        ((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2).backward()
+        return gradients(model)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:
@@ -116,7 +121,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert grads.keys() == reference.keys(), local_loss
         for name, expected in reference.items():
             assert expected.abs().max() > 0, name  # every parameter the loss reaches gets a gradient
-            torch.testing.assert_close(grads[name], expected, atol=1e-6, rtol=0, msg=f"{name} {local_loss=}")
+            # rtol covers float summation order (sums over many tokens); a gradient lost across
+            # processes (gather without grad) is off by tens of percent.
+            close = torch.allclose(grads[name], expected, atol=1e-6, rtol=1e-5)
+            assert close, f"{name} {local_loss=}: max diff {(grads[name] - expected).abs().max():.3g}"
 
 
 def test_one_process_clip_loss_is_the_symmetric_cross_entropy():
