@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
 from ofa.data.images import ImageLike
 from ofa.generation import Constraint, GenerationConfig, Hypothesis, TokenRange, generate
@@ -575,15 +574,15 @@ def _load_image_tokenizer(folder: Path, device: torch.device) -> ImageTokenizer:
 
 def _recipe_settings(checkpoint: Path) -> dict[str, Any]:
     """Image size, length limits and eval search settings from the checkpoint's ``recipe.yaml`` (if any)."""
-    path = checkpoint / RECIPE_FILE if checkpoint.is_dir() else None
-    if path is None or not path.is_file():
+    from ofa.evaluation.harness import checkpoint_recipe
+
+    if not checkpoint.is_dir():
         return {}
+    path = checkpoint / RECIPE_FILE
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(recipe, dict):
-        raise InputError(f"{path}: expected a mapping of recipe sections")
+        recipe = checkpoint_recipe(checkpoint)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     data = recipe.get("data") or {}
     search = (recipe.get("eval") or {}).get("search") or {}
     settings: dict[str, Any] = {}

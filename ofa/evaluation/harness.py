@@ -30,7 +30,7 @@ def checkpoint_recipe(checkpoint: Path) -> dict[str, Any]:
         return {}
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise TaskError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(recipe, dict):
         raise TaskError(f"{path}: expected a mapping of recipe sections")
