@@ -69,7 +69,7 @@ def detect_format(path: str | Path) -> str:
             f"{path}: not a checkpoint (expected a folder with config.json or a fairseq .pt file)"
         )
     config_file = path / CONFIG_NAME
-    config = _read_json(config_file) if config_file.is_file() else {}
+    config = read_json_object(config_file) if config_file.is_file() else {}
     if config.get("model_format") == FORMAT_NAME:
         return "ofa"
     has_hf_weights = any((path / name).is_file() for name in (WEIGHTS_NAME, INDEX_NAME, "pytorch_model.bin"))
@@ -97,7 +97,7 @@ def load_checkpoint(
         config = _load_our_config(path / CONFIG_NAME)
         state = _load_safetensors_folder(path)
     elif kind == "hf":
-        hf_config = _read_json(path / CONFIG_NAME)
+        hf_config = read_json_object(path / CONFIG_NAME)
         state = _load_hf_weights(path)
         config = config_from_state(state, _hf_hints(hf_config), source=str(path), position_idx_tail=768)
     else:
@@ -202,13 +202,15 @@ def _is_zip_or_pickle(path: Path) -> bool:
     return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
-def _read_json(file: Path) -> dict[str, Any]:
+def read_json_object(file: Path, error: type[Exception] | None = None) -> dict[str, Any]:
+    """A JSON object from `file`; anything else raises `error` (default `CheckpointError`) naming the file."""
+    kind = error or CheckpointError
     try:
         value = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not readable JSON: {err}") from None
+        raise kind(f"{file}: not readable JSON: {err}") from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
+        raise kind(f"{file}: expected a JSON object")
     return value
 
 
@@ -236,7 +238,7 @@ def _load_safetensors(file: Path) -> dict[str, Tensor]:
 def _load_safetensors_folder(folder: Path) -> dict[str, Tensor]:
     index_file = folder / INDEX_NAME
     if index_file.is_file():
-        index = _read_json(index_file)
+        index = read_json_object(index_file)
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index_file}: no 'weight_map'")

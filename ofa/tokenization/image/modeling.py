@@ -8,11 +8,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ofa.convert.checkpoints import read_json_object
 from ofa.tokenization.image.configuration import ImageTokenizerConfig, ImageTokenizerError
 from ofa.tokenization.image.modules import Decoder, Encoder
 from ofa.tokenization.image.quantizers import EMAVectorQuantizer, GumbelQuantizer, QuantizerOutput
@@ -220,7 +220,7 @@ class ImageTokenizer(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        values = _read_json(folder / CONFIG_NAME)
+        values = read_json_object(folder / CONFIG_NAME, ImageTokenizerError)
         if values.pop("model_format", None) != MODEL_FORMAT:
             raise ImageTokenizerError(
                 f"{folder / CONFIG_NAME}: not an image tokenizer (model_format != {MODEL_FORMAT!r})"
@@ -268,13 +268,3 @@ def load_state_checked(model: nn.Module, state: dict[str, Tensor], source: str) 
     model.load_state_dict(
         {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True
     )
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ImageTokenizerError(f"{file}: not readable JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise ImageTokenizerError(f"{file}: expected a JSON object")
-    return value
