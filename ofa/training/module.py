@@ -121,6 +121,24 @@ def set_rng_state_tensors(states: dict[str, Tensor], device: torch.device | None
         torch.cuda.set_rng_state(states["cuda"].to(torch.uint8).cpu(), device)
 
 
+def unmatched_prefixes(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """The `train.freeze` prefixes that name no parameter of `model`."""
+    names = [name for name, _ in model.named_parameters()]
+    return [p for p in prefixes if not any(_under(name, p) for name in names)]
+
+
+def freeze_prefixes(model: nn.Module, prefixes: list[str]) -> None:
+    """Stop gradients to every parameter whose name starts with one of `prefixes` (dotted module paths)."""
+    for name, param in model.named_parameters():
+        if any(_under(name, p) for p in prefixes):
+            param.requires_grad_(False)
+
+
+def _under(name: str, prefix: str) -> bool:
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
 class OFALightningModule(pl.LightningModule):
     """Trains an `OFAModel` on `MicroBatch`es from `MixtureDataModule`."""
 
@@ -138,6 +156,7 @@ class OFALightningModule(pl.LightningModule):
         self.pad_id = pad_id
         self.history_path = Path(history_path) if history_path is not None else None
         self.retrieval = retrieval
+        freeze_prefixes(model, list(train.freeze))
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
         self._window_contrastive = 0.0
@@ -146,11 +165,14 @@ class OFALightningModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------- modes
     def _freeze_batchnorm(self) -> None:
-        """`batchnorm: frozen`: BatchNorm layers normalise with their running statistics while training."""
-        if self.cfg.batchnorm == "frozen":
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-                    module.eval()
+        """`batchnorm: frozen` (all) and `train.freeze` (those under a frozen prefix): BatchNorm layers normalise
+        with their running statistics, which then stay fixed."""
+        frozen = self.cfg.batchnorm == "frozen"
+        for name, module in self.model.named_modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.training:
+                continue
+            if frozen or any(_under(name, p) for p in self.cfg.freeze):
+                module.eval()
 
     # ------------------------------------------------------------------------------------------ loss
     def token_loss_sum(self, batch: MicroBatch) -> Tensor:

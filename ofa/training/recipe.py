@@ -125,6 +125,9 @@ class TrainSection:
     # ResNet BatchNorm: `train` (per-device batch statistics), `sync` (statistics over all devices; GPU only),
     # `frozen` (running statistics, affine weights still trained: the same maths on any device layout).
     batchnorm: Literal["train", "sync", "frozen"] = "train"
+    # Parameter-name prefixes kept fixed (no gradient; their BatchNorm layers use running statistics),
+    # e.g. [encoder.embed_images] after stem_pretrain.
+    freeze: list[str] = field(default_factory=list)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -151,10 +154,26 @@ class EvalSection:
 
 
 @dataclass
+class StemPretrainSection:
+    """A first stage that trains the image stem alone on dense per-patch targets of world scenes (colour,
+    shape, size and box of the object at each patch; `ofa.training.stem_pretrain`). Pair it with
+    `train.freeze: [encoder.embed_images]` to keep what it learned. Skipped when a run resumes."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 60
+    box_weight: float = 1.0
+    val_scenes: int = 256  # `val` scenes scored at the end (stem_pretrain.json in train.output_dir)
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataSection = field(default_factory=DataSection)
+    stem_pretrain: StemPretrainSection | None = None  # null: the stem trains with the seq2seq loss only
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     source: str = field(default="<recipe>", metadata={"internal": True})
@@ -326,6 +345,21 @@ def _check(recipe: Recipe, where: str) -> None:
         WorldConfig(**recipe.data.world)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where}: data.world: {err}") from None
+    stem = recipe.stem_pretrain
+    if stem is not None:
+        if recipe.data.kind != "world":
+            raise RecipeError(
+                f"{where}: stem_pretrain: needs data.kind: world (its targets are the scene's objects)"
+            )
+        if model.init_from is not None:
+            raise RecipeError(
+                f"{where}: stem_pretrain: the stem of model.init_from is already trained; set stem_pretrain: null"
+            )
+        for key in ("steps", "batch_size", "val_scenes"):
+            if getattr(stem, key) < 1:
+                raise RecipeError(f"{where}: stem_pretrain.{key}: must be >= 1, got {getattr(stem, key)}")
+        if stem.warmup_steps < 0 or not stem.lr > 0 or stem.box_weight < 0:
+            raise RecipeError(f"{where}: stem_pretrain: needs warmup_steps >= 0, lr > 0 and box_weight >= 0")
     if not recipe.data.mixture:
         raise RecipeError(f"{where}: data.mixture: needs at least one component")
     from ofa.tasks import TASKS, get_task
@@ -415,6 +449,8 @@ def _check(recipe: Recipe, where: str) -> None:
             f"{where}: train.batch_size={t.batch_size} is not divisible by "
             f"train.accumulate_grad_batches={t.accumulate_grad_batches}"
         )
+    if any(not isinstance(p, str) or not p.strip(".") for p in t.freeze):
+        raise RecipeError(f"{where}: train.freeze: expected parameter-name prefixes, got {t.freeze}")
     if t.resume not in ("auto", "none") and not t.resume.endswith(".ckpt"):
         raise RecipeError(f"{where}: train.resume: expected auto, none or a .ckpt path, got {t.resume!r}")
 

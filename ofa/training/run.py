@@ -29,7 +29,7 @@ from ofa.tokenization import OFATokenizer
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
 from .data import MixtureDataModule, make_tasks
-from .module import OFALightningModule
+from .module import OFALightningModule, unmatched_prefixes
 from .recipe import (
     INIT_FROM_FIELDS,
     VOCAB_FIELDS,
@@ -177,6 +177,34 @@ def export_final(
     (folder / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
 
 
+def _pretrain_stem(
+    recipe: Recipe, model: OFAModel, datamodule: MixtureDataModule, image_size: int, output_dir: Path
+) -> None:
+    """The `stem_pretrain` stage, identical on every process (DDP then starts from rank 0's copy anyway)."""
+    import os
+
+    from .stem_pretrain import pretrain_stem, write_summary
+
+    t = recipe.train
+    use_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+    rank_zero = (
+        int(os.environ.get("RANK", os.environ.get("NODE_RANK", 0))) == 0
+        and int(os.environ.get("LOCAL_RANK", 0)) == 0
+    )
+    summary = pretrain_stem(
+        model.encoder.embed_images,
+        datamodule.world,
+        image_size,
+        recipe.stem_pretrain,
+        t.seed,
+        device,
+        log=print if rank_zero else (lambda *_: None),
+    )
+    if rank_zero:
+        write_summary(summary, output_dir)
+
+
 def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Run (or resume) the training a recipe describes; returns where everything was written."""
     t = recipe.train
@@ -189,6 +217,9 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
         raise RecipeError(
             f"{recipe.source}: data.retrieval needs a model with a retrieval head: set model.config.retrieval_dim"
         )
+    unmatched = unmatched_prefixes(model, list(t.freeze))
+    if unmatched:
+        raise RecipeError(f"{recipe.source}: train.freeze: {unmatched} match no parameter of the model")
     image_size = recipe.data.image_size or model.config.image_size
     datamodule = MixtureDataModule(recipe, tokenizer, image_size)
 
@@ -196,6 +227,8 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
     checkpoint_dir = output_dir / "checkpoints"
     history = output_dir / "train_log.jsonl"
     resumed_from = _resume_path(recipe, checkpoint_dir)
+    if recipe.stem_pretrain is not None and resumed_from is None:
+        _pretrain_stem(recipe, model, datamodule, image_size, output_dir)
     module = OFALightningModule(
         model, t, tokenizer.pad_id, history_path=history, retrieval=recipe.data.retrieval
     )
