@@ -137,3 +137,32 @@ def test_freeze_prefix_that_matches_nothing_is_one_error(tmp_path):
     values["train"]["freeze"] = ["encoder.embed_imagez"]
     with pytest.raises(RecipeError, match=r"train.freeze: \['encoder.embed_imagez'\] match no parameter"):
         run_in_process(values)
+
+
+def test_lr_scale_gives_the_prefix_its_own_learning_rate(tmp_path):
+    from ofa.training.module import OFALightningModule
+    from ofa.training.run import build_model, load_tokenizer
+
+    values = tiny_recipe(tmp_path / "run", lr=1e-3, warmup_steps=0, schedule="constant")
+    values["train"]["lr_scale"] = {"encoder.embed_images": 0.1}
+    recipe = recipe_from_dict(values)
+    model = build_model(recipe, load_tokenizer(recipe))
+    optimizer = OFALightningModule(model, recipe.train, pad_id=1).configure_optimizers()["optimizer"]
+    stem = {id(p) for p in model.encoder.embed_images.parameters()}
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert sorted({by_param[i][0] for i in stem}) == pytest.approx([1e-4])
+    others = {lr for i, (lr, _) in by_param.items() if i not in stem}
+    assert sorted(others) == pytest.approx([1e-3])
+    assert len(by_param) == len({id(p) for p in model.parameters()})  # every parameter exactly once
+    # the stem's conv weights decay, its BatchNorm weights do not, as everywhere else
+    modules = list(model.encoder.embed_images.modules())
+    conv = next(m for m in modules if isinstance(m, torch.nn.Conv2d)).weight
+    bn = next(m for m in modules if isinstance(m, torch.nn.BatchNorm2d)).weight
+    assert by_param[id(conv)][1] == 0.01 and by_param[id(bn)][1] == 0.0
+
+
+def test_lr_scale_prefix_that_matches_nothing_is_one_error(tmp_path):
+    values = tiny_recipe(tmp_path / "run", max_steps=1)
+    values["train"]["lr_scale"] = {"decoder.nothing": 0.5}
+    with pytest.raises(RecipeError, match=r"train.lr_scale: \['decoder.nothing'\] match no parameter"):
+        run_in_process(values)

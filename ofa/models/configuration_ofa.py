@@ -95,6 +95,10 @@ class OFAConfig:
 
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    # Initial <bin_k> embeddings (tied with the output layer): "normal" as every other token, or "sinusoidal"
+    # (multi-frequency cos/sin of k / num_bins), so near bins start with near embeddings and the logits over
+    # bins start smooth; only matters when training from scratch.
+    bin_embedding_init: str = "normal"
 
     # Width of the shared image-text embedding space of the retrieval head (`ofa.models.retrieval`);
     # None: no head, and the model's parameters are exactly those of the official architecture.

@@ -7,6 +7,7 @@ Module and parameter names follow the official HF port, so its checkpoints load 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -556,6 +557,16 @@ class OFAModel(nn.Module):
         self.encoder = OFAEncoder(config, shared)
         self.decoder = OFADecoder(config, shared)
         self._init_linear()
+        if config.bin_embedding_init == "sinusoidal":
+            with torch.no_grad():
+                start = config.bin_start
+                shared.weight[start : start + config.num_bins] = sinusoidal_bin_embeddings(
+                    config.num_bins, config.d_model
+                )
+        elif config.bin_embedding_init != "normal":
+            raise ValueError(
+                f"bin_embedding_init: expected normal or sinusoidal, got {config.bin_embedding_init!r}"
+            )
         # Built after the initialisation above (with its own), so the rest of the model draws the same random
         # numbers with or without it; without `retrieval_dim` the parameters are exactly the official ones.
         self.retrieval = (
@@ -726,6 +737,18 @@ class OFAModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def sinusoidal_bin_embeddings(num_bins: int, dim: int) -> Tensor:
+    """(num_bins, dim) rows of unit norm: cos/sin of 2*pi*f*k/num_bins for dim/2 frequencies f from 1/2 to
+    num_bins/4 cycles (geometric), so the dot product of two rows falls off with their distance in bins."""
+    half = dim // 2
+    freqs = 0.5 * (num_bins / 2) ** (torch.arange(half, dtype=torch.float64) / max(1, half - 1))
+    angle = 2 * math.pi * torch.arange(num_bins, dtype=torch.float64)[:, None] / num_bins * freqs[None]
+    rows = torch.cat([angle.cos(), angle.sin()], dim=1)
+    if rows.shape[1] < dim:
+        rows = torch.cat([rows, torch.zeros(num_bins, dim - rows.shape[1], dtype=rows.dtype)], dim=1)
+    return (rows / half**0.5).float()
 
 
 def _short(keys: list[str], limit: int = 6) -> str:

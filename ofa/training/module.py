@@ -41,23 +41,31 @@ from .data import MicroBatch
 from .recipe import RetrievalSection, TrainSection
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: with and without weight decay (see the module docstring for the rule)."""
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: with and without weight decay (see the module docstring for the rule), each split again by
+    `lr_scale` (parameter-name prefix -> multiplier of the learning rate, stored as the group's `lr_scale`)."""
     token_tables = {id(m.weight) for n, m in model.named_modules() if n.endswith("embed_tokens")}
     no_decay_tables = {
         id(m.weight)
         for m in model.modules()
         if isinstance(m, nn.Embedding) and id(m.weight) not in token_tables
     }
-    decay, no_decay, seen = [], [], set()
-    for _, p in model.named_parameters():
+    scales = lr_scale or {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 or id(p) in no_decay_tables else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        decay = not (p.ndim < 2 or id(p) in no_decay_tables)
+        scale = next((v for k, v in scales.items() if _under(name, k)), 1.0)
+        groups.setdefault((decay, scale), []).append(p)
+    return [  # the two default groups first (as without lr_scale), then the scaled ones
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in groups.items()
+        if params or scale == 1.0
     ]
 
 
@@ -119,6 +127,37 @@ def set_rng_state_tensors(states: dict[str, Tensor], device: torch.device | None
     )
     if "cuda" in states and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(states["cuda"].to(torch.uint8).cpu(), device)
+
+
+def ordinal_bin_loss_sum(
+    logits: Tensor,
+    targets: Tensor,
+    pad_id: int,
+    label_smoothing: float,
+    bin_start: int,
+    num_bins: int,
+    sigma: float,
+) -> Tensor:
+    """Summed label-smoothed cross entropy where a `<bin_k>` target's `1 - label_smoothing` mass is a Gaussian
+    over the bins (std `sigma` bins, centred on k, normalised) instead of all on k: a box edge one bin off is
+    then nearly right, not as wrong as any other token. Other targets: torch's label-smoothed cross entropy.
+    `logits` (N, V), `targets` (N,)."""
+    eps = label_smoothing
+    log_probs = logits.log_softmax(-1)
+    keep = targets != pad_id
+    is_bin = keep & (targets >= bin_start) & (targets < bin_start + num_bins)
+    plain = keep & ~is_bin
+    rows = torch.arange(targets.numel(), device=targets.device)
+    total = -(1 - eps) * log_probs[rows[plain], targets[plain]].sum() - eps * log_probs[plain].mean(-1).sum()
+    if is_bin.any():
+        centre = (targets[is_bin] - bin_start).float()
+        k = torch.arange(num_bins, device=logits.device, dtype=torch.float32)
+        weights = torch.exp(-0.5 * ((k[None] - centre[:, None]) / sigma) ** 2)
+        weights = weights / weights.sum(-1, keepdim=True)
+        bins = log_probs[is_bin]
+        total = total - (1 - eps) * (weights * bins[:, bin_start : bin_start + num_bins]).sum()
+        total = total - eps * bins.mean(-1).sum()
+    return total
 
 
 def unmatched_prefixes(model: nn.Module, prefixes: list[str]) -> list[str]:
@@ -185,12 +224,19 @@ class OFALightningModule(pl.LightningModule):
             code_masks=b.code_masks,
             patch_masks=b.patch_masks,
         )
-        return F.cross_entropy(
-            logits.float().flatten(0, 1),
-            b.target_ids.flatten(),
-            ignore_index=self.pad_id,
-            label_smoothing=self.cfg.label_smoothing,
-            reduction="sum",
+        logits, targets = logits.float().flatten(0, 1), b.target_ids.flatten()
+        sigma = self.cfg.bin_label_sigma
+        if not sigma:
+            return F.cross_entropy(
+                logits,
+                targets,
+                ignore_index=self.pad_id,
+                label_smoothing=self.cfg.label_smoothing,
+                reduction="sum",
+            )
+        config = self.model.config
+        return ordinal_bin_loss_sum(
+            logits, targets, self.pad_id, self.cfg.label_smoothing, config.bin_start, config.num_bins, sigma
         )
 
     def contrastive_loss(self, batch: MicroBatch) -> Tensor:
@@ -266,7 +312,10 @@ class OFALightningModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, cfg.weight_decay),
+            [
+                {**group, "lr": cfg.lr * group["lr_scale"]}
+                for group in parameter_groups(self.model, cfg.weight_decay, cfg.lr_scale)
+            ],
             lr=cfg.lr,
             betas=(cfg.betas[0], cfg.betas[1]),
             eps=cfg.eps,

@@ -119,6 +119,8 @@ class TrainSection:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.1
+    # > 0: a <bin_k> target is a Gaussian of this std (in bins) around k (`ordinal_bin_loss_sum`); 0: one-hot.
+    bin_label_sigma: float = 0.0
     clip_grad_norm: float | None = 1.0
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     gradient_checkpointing: bool = False
@@ -128,6 +130,8 @@ class TrainSection:
     # Parameter-name prefixes kept fixed (no gradient; their BatchNorm layers use running statistics),
     # e.g. [encoder.embed_images] after stem_pretrain.
     freeze: list[str] = field(default_factory=list)
+    # Parameter-name prefix -> learning-rate multiplier, e.g. {encoder.embed_images: 0.1} (first match wins).
+    lr_scale: dict[str, float] = field(default_factory=dict)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -440,6 +444,8 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: train.betas: needs two values in [0, 1), got {t.betas}")
     if not 0 <= t.label_smoothing < 1:
         raise RecipeError(f"{where}: train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    if t.bin_label_sigma < 0:
+        raise RecipeError(f"{where}: train.bin_label_sigma: must be >= 0, got {t.bin_label_sigma}")
     if not 0 <= t.min_lr_ratio <= 1:
         raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
     if isinstance(t.devices, str) and t.devices != "auto":
@@ -449,6 +455,8 @@ def _check(recipe: Recipe, where: str) -> None:
             f"{where}: train.batch_size={t.batch_size} is not divisible by "
             f"train.accumulate_grad_batches={t.accumulate_grad_batches}"
         )
+    if any(not isinstance(v, (int, float)) or v < 0 for v in t.lr_scale.values()):
+        raise RecipeError(f"{where}: train.lr_scale: multipliers must be numbers >= 0, got {t.lr_scale}")
     if any(not isinstance(p, str) or not p.strip(".") for p in t.freeze):
         raise RecipeError(f"{where}: train.freeze: expected parameter-name prefixes, got {t.freeze}")
     if t.resume not in ("auto", "none") and not t.resume.endswith(".ckpt"):

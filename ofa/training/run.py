@@ -217,9 +217,10 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
         raise RecipeError(
             f"{recipe.source}: data.retrieval needs a model with a retrieval head: set model.config.retrieval_dim"
         )
-    unmatched = unmatched_prefixes(model, list(t.freeze))
-    if unmatched:
-        raise RecipeError(f"{recipe.source}: train.freeze: {unmatched} match no parameter of the model")
+    for key, prefixes in (("freeze", list(t.freeze)), ("lr_scale", list(t.lr_scale))):
+        unmatched = unmatched_prefixes(model, prefixes)
+        if unmatched:
+            raise RecipeError(f"{recipe.source}: train.{key}: {unmatched} match no parameter of the model")
     image_size = recipe.data.image_size or model.config.image_size
     datamodule = MixtureDataModule(recipe, tokenizer, image_size)
 
