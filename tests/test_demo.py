@@ -1,20 +1,42 @@
 """`ofa.demo` without a browser: the box drawing against a hand-built mask, every message a bad input gets,
-and the upload check of the Gradio image component. The browser test is `test_demo_browser.py`."""
+the upload check of the Gradio image component, and the retrieval tab's ranking against a brute-force search
+over the embeddings. The browser test is `test_demo_browser.py`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ofa import OFA
 from ofa.api import CaptionResult, GroundingResult
+from ofa.data.world import World
 from ofa.demo import BOX_COLOUR, DemoBackend, draw_box, world_examples
-from ofa.demo.app import NO_BOX, NO_EXPRESSION, NO_IMAGE
+from ofa.demo.app import (
+    NO_BOX,
+    NO_EXPRESSION,
+    NO_IMAGE,
+    NO_QUERY,
+    NO_RETRIEVAL_HEAD,
+    example_queries,
+    world_gallery,
+)
+from ofa.models import OFAConfig, OFAModel
 from tests.test_api import huge_png, make_checkpoint
+
+
+def make_retrieval_checkpoint(folder: Path, retrieval_dim: int = 16) -> Path:
+    """`make_checkpoint`'s random model with a retrieval head (fresh random weights; same tokenizer, recipe)."""
+    make_checkpoint(folder)
+    config = dataclasses.replace(OFAConfig.load(folder / "config.json"), retrieval_dim=retrieval_dim)
+    torch.manual_seed(0)
+    OFAModel(config).save_pretrained(folder)
+    return folder
 
 
 def outline_mask(
@@ -147,10 +169,98 @@ def test_build_demo_has_a_tab_per_task(ofa, tmp_path):
     pytest.importorskip("gradio")
     from ofa.demo import build_demo
 
-    demo = build_demo(ofa, examples=world_examples(1, folder=tmp_path))
+    demo = build_demo(
+        ofa, examples=world_examples(1, folder=tmp_path), gallery=world_gallery(2, folder=tmp_path / "g")
+    )
     labels = [block.label for block in demo.blocks.values() if type(block).__name__ == "Tab"]
-    assert labels == ["Caption", "Grounding"]
+    assert labels == ["Caption", "Grounding", "Retrieval 检索"]
     assert Path(tmp_path / "world-val-0.png").is_file()
+    # This checkpoint has no retrieval head: its tab says so up front.
+    notes = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "retrieval-note"]
+    assert len(notes) == 1 and NO_RETRIEVAL_HEAD in notes[0].value
+
+
+def test_world_gallery_is_val_scenes_with_chinese_captions(tmp_path):
+    gallery = world_gallery(6, folder=tmp_path)
+    world = World(seed=0)
+    for index, item in enumerate(gallery):
+        scene = world.scene("val", index)
+        assert item.image == tmp_path / f"world-val-{index}.png" and item.lang == "zh"
+        assert np.array_equal(np.asarray(Image.open(item.image)), np.asarray(scene.image))
+        assert item.expression == scene.captions["zh"][0]
+    # Scenes 2, 4 and 5 hold one object each: the shortest captions, in gallery order.
+    assert example_queries(gallery) == ["一个大的橙色星形", "一个大的橙色圆形", "一个小的绿色正方形"]
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory) -> OFA:
+    return OFA.from_pretrained(make_retrieval_checkpoint(tmp_path_factory.mktemp("retrieval-ckpt")))
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> list[Path]:
+    return [item.image for item in world_gallery(8, folder=tmp_path_factory.mktemp("gallery"))]
+
+
+def test_retrieval_ranks_the_cached_gallery_by_similarity(retriever, gallery, monkeypatch):
+    embedded = []
+    embed_images = retriever.embed_images
+    monkeypatch.setattr(
+        retriever, "embed_images", lambda images, lang: embedded.append(lang) or embed_images(images, lang)
+    )
+    backend = DemoBackend(retriever, gallery=gallery)
+    queries = [("一个大的橙色星形", "zh"), ("一个小的绿色正方形", "zh"), ("a large orange star", "en")]
+    for query, lang in queries:
+        items, status = backend.retrieve(f"  {query} ", lang, 5, rerank=False)
+        # Brute force: every gallery image against the query, both embedded afresh by the API.
+        truth = (embed_images(gallery, lang) @ retriever.embed_texts(query, lang=lang)).tolist()
+        best = sorted(range(len(gallery)), key=lambda i: -truth[i])[:5]
+        assert [path for path, _ in items] == [str(gallery[i]) for i in best]
+        assert [caption for _, caption in items] == [
+            f"#{rank} similarity {truth[i]:.2f}" for rank, i in enumerate(best, 1)
+        ]
+        assert status.startswith("Done in")
+        hits = backend.gallery_hits(query, lang, 5)
+        similarities = [hit.similarity for hit in hits]
+        assert similarities == pytest.approx([truth[i] for i in best], abs=1e-6)
+        assert similarities == sorted(similarities, reverse=True)
+        assert all(hit.match_probability is None for hit in hits)
+    assert embedded == ["zh", "en"]  # the gallery is embedded once per language, not per query
+
+
+def test_retrieval_rerank_matches_the_api(retriever, gallery):
+    backend = DemoBackend(retriever, gallery=gallery)
+    query = "一个大的橙色圆形"
+    expected = retriever.retrieve(query, gallery, k=4, rerank=True, lang="zh")
+    hits = backend.gallery_hits(query, "zh", 4, rerank=True)
+    assert [hit.index for hit in hits] == [hit.index for hit in expected]
+    assert [hit.match_probability for hit in hits] == pytest.approx(
+        [hit.match_probability for hit in expected], abs=1e-6
+    )
+    items, _ = backend.retrieve(query, "zh", 4, rerank=True)
+    assert [caption for _, caption in items] == [
+        f"#{rank} similarity {hit.similarity:.2f} · match {hit.match_probability:.2f}"
+        for rank, hit in enumerate(expected, 1)
+    ]
+
+
+def test_retrieval_turns_bad_input_into_messages(retriever, ofa, gallery, monkeypatch):
+    notes: list[str] = []
+    backend = DemoBackend(retriever, gallery=gallery, notify=notes.append)
+    monkeypatch.setattr(retriever, "embed_texts", None)  # nothing below may reach the model
+    assert backend.retrieve("   ", "zh", 3) == ([], f"⚠️ {NO_QUERY}")
+    assert backend.retrieve(None, "zh", 3) == ([], f"⚠️ {NO_QUERY}")
+    # The recipe of make_checkpoint reads at most 64 source tokens.
+    items, message = backend.retrieve("红" * 100, "zh", 3)
+    assert items == [] and "too long" in message and "at most 64" in message
+    assert "choose English" in backend.retrieve("a red star", "zh", 3)[1]
+    assert "choose 中文" in backend.retrieve("红色的星形", "en", 3)[1]
+    for k in (0, 9, 2.5, True):
+        assert "a whole number from 1 to 8" in backend.retrieve("红色的星形", "zh", k)[1]
+    assert len(notes) == 9
+    # A checkpoint without a retrieval head, and a backend without a gallery: a note, not a failure.
+    assert DemoBackend(ofa, gallery=gallery).retrieve("红色的星形", "zh", 3) == ([], f"⚠️ {NO_RETRIEVAL_HEAD}")
+    assert "no gallery" in DemoBackend(retriever).retrieve("红色的星形", "zh", 3)[1]
 
 
 def test_cli_demo_errors_are_one_line(tmp_path, capsys):

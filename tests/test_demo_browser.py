@@ -1,8 +1,9 @@
 """The demo served on localhost and driven in a real headless Chromium through Playwright.
 
-A random-weight checkpoint serves the demo (gibberish but well-formed outputs); what the page shows is checked
-against the same model called directly in this process: the caption text, and on the grounding tab the box
-coordinates and the output image itself (outlined in the box colour exactly at the box, untouched elsewhere).
+A random-weight checkpoint with a retrieval head serves the demo (gibberish but well-formed outputs); what the
+page shows is checked against the same model called directly in this process: the caption text, on the
+grounding tab the box coordinates and the output image itself (outlined in the box colour exactly at the box,
+untouched elsewhere), and on the retrieval tab the k gallery images found for a Chinese query, pixel for pixel.
 Needs Debian's `chromium` (`/usr/bin/chromium`, or `OFA_CHROMIUM`) and the `playwright` package; no browser is
 downloaded. Skips with the reason when either is missing. A screenshot goes to `outputs/demo_screenshot.png`.
 """
@@ -21,7 +22,8 @@ from PIL import Image
 from ofa import OFA
 from ofa.data.world import World
 from tests.conftest import REPO
-from tests.test_api import huge_png, make_checkpoint
+from tests.test_api import huge_png
+from tests.test_demo import make_retrieval_checkpoint
 
 CHROMIUM = Path(os.environ.get("OFA_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -50,16 +52,23 @@ def sync_api():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> OFA:
-    return OFA.from_pretrained(make_checkpoint(tmp_path_factory.mktemp("ckpt")))
+    return OFA.from_pretrained(make_retrieval_checkpoint(tmp_path_factory.mktemp("ckpt")))
 
 
 @pytest.fixture(scope="module")
-def server(sync_api, model, tmp_path_factory):
+def gallery(tmp_path_factory) -> list:
+    from ofa.demo.app import world_gallery
+
+    return world_gallery(8, folder=tmp_path_factory.mktemp("gallery"))
+
+
+@pytest.fixture(scope="module")
+def server(sync_api, model, gallery, tmp_path_factory):
     pytest.importorskip("gradio", reason="gradio is not installed")
     from ofa.demo import launch, world_examples
 
     examples = world_examples(2, folder=tmp_path_factory.mktemp("examples"))
-    demo, url = launch(model, port=free_port(), block=False, quiet=True, examples=examples)
+    demo, url = launch(model, port=free_port(), block=False, quiet=True, examples=examples, gallery=gallery)
     yield url
     demo.close()
 
@@ -176,3 +185,28 @@ def test_oversized_images_get_one_line_messages(page, sync_api, tmp_path):
     page.locator("#caption-button").click()
     expect(page.locator("#caption-status")).to_contain_text("bomb.png: image too large to decode safely")
     expect(page.get_by_text("Traceback")).to_have_count(0)
+
+
+def test_retrieval_tab_shows_the_k_best_gallery_images(page, sync_api, model, gallery):
+    from ofa.demo.app import DEFAULT_RERANK, DemoBackend
+
+    expect = sync_api.expect
+    query, k = gallery[4].expression, 3  # a Chinese caption of one of the scenes
+    page.get_by_role("tab", name="Retrieval 检索").click()
+    page.locator("#retrieval-query textarea").fill(query)
+    page.locator("#retrieval-k input[type=number]").fill(str(k))
+    page.locator("#retrieval-k input[type=number]").press("Enter")
+    page.locator("#retrieval-button").click()
+    expect(page.locator("#retrieval-status")).to_contain_text("Done in")
+    shown = page.locator("#retrieval-gallery img")
+    expect(shown).to_have_count(k)
+
+    expected, _ = DemoBackend(model, gallery=[item.image for item in gallery]).retrieve(
+        query, "zh", k, rerank=DEFAULT_RERANK
+    )
+    for index, (path, caption) in enumerate(expected):
+        expect(page.locator("#retrieval-gallery")).to_contain_text(caption)
+        response = page.request.get(shown.nth(index).get_attribute("src"))
+        assert response.ok
+        picture = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+        assert np.array_equal(picture, np.asarray(Image.open(path).convert("RGB")))
