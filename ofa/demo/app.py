@@ -62,9 +62,11 @@ NO_GALLERY = "There is no gallery to search."
 GALLERY_SIZE = 24
 MAX_RESULTS = 8
 DEFAULT_RESULTS = 4
-#: Rerank the top k by image-text matching unless the user unticks it: cheap on a CPU (k=8 took ~50 ms with
-#: one thread, the shipped architecture on the 2-core dev machine, 2026-12-02; similarity alone ~2 ms).
-DEFAULT_RERANK = True
+#: Rerank the top k by image-text matching only when the user ticks it. It is cheap on a CPU (k=8: ~57 ms vs
+#: ~2 ms for similarity alone, one thread, 2-core dev machine, 2026-12-02), but with the only retrieval-head
+#: world checkpoint so far (runs/world-tiny-with-retrieval/step1000, ITM accuracy ~57%) it hurt: R@1 of the
+#: 24 gallery captions as queries (k=4) fell from 22/24 to 10/24 (zh) and 8/24 (en).
+DEFAULT_RERANK = False
 
 
 @dataclass(frozen=True)
