@@ -166,3 +166,11 @@ def test_lr_scale_prefix_that_matches_nothing_is_one_error(tmp_path):
     values["train"]["lr_scale"] = {"decoder.nothing": 0.5}
     with pytest.raises(RecipeError, match=r"train.lr_scale: \['decoder.nothing'\] match no parameter"):
         run_in_process(values)
+
+
+def test_null_switches_an_optional_section_off(tmp_path):
+    values = tiny_recipe(tmp_path)
+    values["stem_pretrain"] = {"steps": 3}
+    assert recipe_from_dict(values, ["stem_pretrain=null"]).stem_pretrain is None
+    values["data"]["retrieval"] = {"batch_size": 4}
+    assert recipe_from_dict(values, ["data.retrieval=null"]).data.retrieval is None

@@ -238,6 +238,8 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
         sections = [o for o in typing.get_args(tp) if dataclasses.is_dataclass(o)]
         if isinstance(value, dict) and sections:  # a mapping means the section: its own error names the key
             return _build(sections[0], value, path, where)
+        if value is None and type(None) in typing.get_args(tp):  # null switches an optional section off
+            return None
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, path, where)
