@@ -1,6 +1,10 @@
-"""Score a world checkpoint on a split for caption and grounding in English and Chinese; print a Markdown table.
+"""Score a world checkpoint on a split for every task it was trained on, English and Chinese; a Markdown table.
 
     python bench/eval_world_checkpoint.py checkpoints/ofa-world-tiny [--split heldout] [--samples 500]
+
+Rows: caption and grounding always; image-text matching (`itm`) when the checkpoint's recipe trained it;
+retrieval when the model has a retrieval head (`retrieval_dim`): a gallery of `--samples` scenes, one caption
+each, R@1 x100 with every scene whose caption is the same text counted as a positive (`RetrievalTask.score`).
 
 Each cell is what `ofa eval CKPT --task T --split S --lang L --samples N` prints (same harness, same search
 settings: the checkpoint's recipe), so the model card's table can be checked one command at a time.
@@ -24,7 +28,23 @@ ROWS = (
     ("caption", "BLEU-4", "caption BLEU-4"),
     ("grounding", "Acc@0.5", "grounding Acc@0.5"),
     ("grounding", "mean_IoU", "grounding mean IoU"),
+    ("itm", "accuracy", "image-text matching accuracy (%)"),
+    ("retrieval", "t2i_R@1", "retrieval text->image R@1 (x100)"),
+    ("retrieval", "i2t_R@1", "retrieval image->text R@1 (x100)"),
 )
+
+
+def trained_tasks(checkpoint: Path) -> list[str]:
+    """caption + grounding, plus itm if the checkpoint's recipe trained it, plus retrieval if it has the head."""
+    from ofa.evaluation.harness import checkpoint_recipe
+
+    recipe = checkpoint_recipe(checkpoint)
+    mixture = {c.get("task") for c in (recipe.get("data") or {}).get("mixture") or []}
+    config = json.loads((checkpoint / "config.json").read_text())
+    tasks = ["caption", "grounding"]
+    tasks += ["itm"] if "itm" in mixture else []
+    tasks += ["retrieval"] if config.get("retrieval_dim") else []
+    return tasks
 
 
 def main() -> None:
@@ -37,7 +57,8 @@ def main() -> None:
     parser.add_argument("--json-path", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
-    for task in ("caption", "grounding"):
+    tasks = trained_tasks(args.checkpoint)
+    for task in tasks:
         for lang in ("en", "zh"):
             start = time.perf_counter()
             results[f"{task}/{lang}"] = evaluate(
@@ -50,6 +71,8 @@ def main() -> None:
     )
     print("| metric | English | Chinese |\n|---|---|---|")
     for task, key, label in ROWS:
+        if task not in tasks:
+            continue
         en, zh = results[f"{task}/en"].get(key), results[f"{task}/zh"].get(key)
         print(f"| {label} | {en:.3f} | {zh:.3f} |")
     if args.json_path:

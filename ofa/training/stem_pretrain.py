@@ -1,10 +1,11 @@
 """Dense supervised pre-training of the image stem on world scenes, the first stage of a world recipe.
 
 Why. The official OFA starts from an ImageNet-trained ResNet; a small stem trained from scratch with only the
-caption and grounding tokens as supervision learned colour but not shape (a linear probe on the stem feature at
-each object's patch: shape accuracy 0.32 after the 3,000-step recipe, 0.23 with random weights), and a stem that
-had learned shape (0.99) lost it again when it kept training with the seq2seq loss at lr 2e-3 (0.27 after
-1,000 steps). So a world recipe can first train the stem alone, then keep it fixed (`train.freeze`):
+caption and grounding tokens as supervision learned colour but not shape (`bench/stem_feature_probe.py` on the
+previous world checkpoint: shape readable from the stem at each object's patch about as badly as from random
+weights), and in exploratory runs a stem that had learned shape lost it again when it kept training with the
+seq2seq loss at the full learning rate. So a world recipe first trains the stem alone, then keeps it fixed
+(`train.freeze`) or lets it learn on slowly (`train.lr_scale`):
 
 * every cell of the stem's output grid gets the object whose box contains the cell centre (the nearest object
   centre wins), and every object also gets the cell that holds its centre (so small objects are never missed);
