@@ -7,9 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ofa.models import OFAConfig, OFAModel
+from ofa.models import OFAModel
 from ofa.models.modeling_ofa import sinusoidal_bin_embeddings
 from ofa.training.module import ordinal_bin_loss_sum
+
+from .test_model import small_config
 
 
 def test_tiny_sigma_is_torch_label_smoothed_cross_entropy():
@@ -49,22 +51,7 @@ def test_sinusoidal_bin_embeddings_are_ordinal_and_placed_on_the_bins():
     assert sim[100] > sim[101] > sim[103] > sim[110].abs() and sim[101] > 0.8
     assert sim[[0, 30, 170, 255]].abs().max() < 0.3  # far bins are nearly orthogonal
 
-    config = OFAConfig(
-        vocab_size=600,
-        num_codes=64,
-        num_bins=256,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        resnet_layers=[1, 1, 1],
-        resnet_width=8,
-        image_size=64,
-        bin_embedding_init="sinusoidal",
-    )
+    config = small_config(vocab_size=600, num_bins=256, bin_embedding_init="sinusoidal")
     table = OFAModel(config).encoder.embed_tokens.weight
     assert torch.allclose(table[config.bin_start :], sinusoidal_bin_embeddings(256, 32))
     assert not torch.allclose(table[config.bin_start - 64 : config.bin_start], torch.zeros(64, 32))

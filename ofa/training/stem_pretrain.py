@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,6 @@ def _batch(world: World, split: str, start: int, count: int, image_size: int) ->
 def _scaled(obj: WorldObject, scale: float) -> WorldObject:
     if scale == 1:
         return obj
-    from dataclasses import replace
-
     box = tuple(v * scale for v in obj.box)
     return replace(obj, box=box, center=(obj.center[0] * scale, obj.center[1] * scale))
 
