@@ -77,13 +77,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) from a YAML recipe; `key=value` overrides use dotted recipe paths (train.max_steps=30).
 
-    Multi-device and multi-node runs use Lightning's launchers: `train.devices` / `train.num_nodes`, with
-    MASTER_ADDR, MASTER_PORT, NODE_RANK (and WORLD_SIZE, LOCAL_RANK) in the environment, or torchrun.
+    A recipe whose top-level `recipe` key is `image_tokenizer` (tasks/world/vq.yaml) trains an image tokenizer,
+    printing JSON lines; any other trains a model. Multi-device and multi-node runs use Lightning's launchers:
+    `train.devices` / `train.num_nodes`, with MASTER_ADDR, MASTER_PORT, NODE_RANK (and WORLD_SIZE, LOCAL_RANK)
+    in the environment, or torchrun.
     """
-    from ofa.training import load_recipe
+    from ofa.training.recipe import read_recipe_file, recipe_from_dict, recipe_kind
+
+    values = read_recipe_file(args.recipe)
+    if recipe_kind(values, args.recipe) == "image_tokenizer":
+        from ofa.training.image_tokenizer import settings_from_dict
+        from ofa.training.image_tokenizer import train as train_image_tokenizer
+
+        train_image_tokenizer(settings_from_dict(values, args.overrides, source=args.recipe))
+        return EXIT_OK
     from ofa.training.run import train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = recipe_from_dict(values, args.overrides, source=args.recipe)
     result = train(recipe)
     if result.is_global_zero:
         summary = {
@@ -385,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", cmd_info, "show the architecture of a checkpoint")
     p.add_argument("checkpoint")
 
-    p = add("train", cmd_train, "train a model from a YAML recipe")
-    p.add_argument("recipe", help="recipe file, e.g. tasks/world/tiny.yaml")
+    p = add("train", cmd_train, "train a model (or an image tokenizer) from a YAML recipe")
+    p.add_argument("recipe", help="recipe file, e.g. tasks/world/tiny.yaml or tasks/world/vq.yaml")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, e.g. train.max_steps=30"
     )

@@ -6,6 +6,10 @@ are dotted ``key=value`` strings whose values are read as YAML (``train.max_step
 ``data.mixture.0.weight=2``); they are applied to the raw mapping before validation, so they are checked
 exactly like the file.
 
+A top-level ``recipe`` key says which trainer a file is for: ``model`` (the default, this schema) or
+``image_tokenizer`` (``tasks/world/vq.yaml``, checked by ``ofa.training.image_tokenizer``); ``ofa train``
+dispatches on it.
+
 Relative paths (``tokenizer.path``, ``model.init_from``, ``train.output_dir``, ``train.resume``) resolve against
 the current directory; ``tokenizer.path`` and ``model.init_from`` fall back to the repository root (the folder
 that holds the ``ofa`` package) when they do not exist there, so the shipped recipes work from anywhere.
@@ -550,6 +554,12 @@ def recipe_from_dict(
     """Validate a mapping (plus overrides) into a `Recipe`."""
     values = apply_overrides(values or {}, list(overrides or []))
     where = source + (" (with overrides)" if overrides else "")
+    kind = recipe_kind(values, where)
+    if kind != "model":
+        raise RecipeError(
+            f"{where}: recipe: {kind} is not a model recipe (train it with `ofa train {source}`)"
+        )
+    values.pop("recipe", None)
     recipe = _build(Recipe, values, "", where)
     recipe.source = source
     _check(recipe, where)
@@ -558,6 +568,11 @@ def recipe_from_dict(
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe and apply dotted ``key=value`` overrides; raise `RecipeError` on any bad key."""
+    return recipe_from_dict(read_recipe_file(path), overrides, source=str(path))
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML recipe file (an empty file is `{}`); `RecipeError` if it is not one."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -571,7 +586,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         values = {}
     if not isinstance(values, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections")
-    return recipe_from_dict(values, overrides, source=str(path))
+    return values
+
+
+RECIPE_KINDS = ("model", "image_tokenizer")
+
+
+def recipe_kind(values: dict[str, Any], source: str) -> str:
+    """Which trainer a recipe is for: its top-level `recipe` key, `model` when absent."""
+    kind = values.get("recipe", "model")
+    if kind not in RECIPE_KINDS:
+        raise RecipeError(f"{source}: recipe: unknown trainer {kind!r} (known: {', '.join(RECIPE_KINDS)})")
+    return kind
 
 
 def resolve_path(path: str | Path, fallback_to_repo: bool = True) -> Path:

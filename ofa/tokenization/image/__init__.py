@@ -13,7 +13,8 @@ One interface for OFA's official tokenizer (taming's Gumbel f8 VQGAN, 8192 codes
     world = ImageTokenizer(ImageTokenizerConfig.world())              # 64 px -> 8x8 codes, 512-entry EMA codebook
 
 Codes for a whole collection: `extract_codes(tokenizer, [(image_id, image), ...], "codes.safetensors")` and
-`read_codes(path)`. Training: `train_step` with `VQLossConfig` (see `bench/train_vq.py`).
+`read_codes(path)`. Training: `train_step` with `VQLossConfig` (see `ofa/training/image_tokenizer.py`,
+`ofa train tasks/world/vq.yaml`).
 """
 
 from ofa.tokenization.image.codes import ImageCodes, extract_codes, image_to_unit_tensor, read_codes

@@ -1,42 +1,39 @@
-"""Train the world image tokenizer (a small VQGAN) from a YAML file and report PSNR and codebook usage.
+"""Train the world image tokenizer (a small VQGAN) from a YAML recipe and report PSNR and codebook usage.
 
-    python bench/train_vq.py tasks/world/vq.yaml
-    python bench/train_vq.py tasks/world/vq.yaml train.steps=50 train.eval_every=25 output=/tmp/vq
+    ofa train tasks/world/vq.yaml
+    ofa train tasks/world/vq.yaml train.steps=50 train.eval_every=25 output=/tmp/vq
 
-Scenes are rendered on the fly from the synthetic world (a new batch every step), so there is no data set
-to prepare. Each line printed is one JSON object: `train` lines (loss, L1, PSNR, batch codebook usage),
-`eval` lines on fixed held-out scenes (PSNR, fraction of the codebook used, perplexity) and a final
-`done` line. The tokenizer is saved to `output` at every evaluation and at the end. Bad input (a missing
-file, an unknown key) prints one line and exits with code 1.
+`ofa train` runs this trainer for recipes whose top-level `recipe` key is `image_tokenizer`. Scenes are
+rendered on the fly from the synthetic world (a new batch every step), so there is no data set to prepare.
+Each line printed is one JSON object: `train` lines (loss, L1, PSNR, batch codebook usage), `eval` lines on
+fixed held-out scenes (PSNR, fraction of the codebook used, perplexity) and a final `done` line. The
+tokenizer is saved to `output` at every evaluation and at the end. Bad input (a missing file, an unknown key)
+raises `RecipeError` / `ImageTokenizerError`, which `ofa train` prints as one line before exiting with code 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ofa.data.world import World
 from ofa.tokenization.image import (
     ImageTokenizer,
     ImageTokenizerConfig,
-    ImageTokenizerError,
     VQLossConfig,
     codebook_usage,
     image_to_unit_tensor,
     psnr,
     train_step,
 )
-from ofa.training.recipe import RecipeError, apply_overrides
+from ofa.training.recipe import RecipeError, apply_overrides, read_recipe_file, recipe_kind
 
 
 @dataclass
@@ -81,18 +78,19 @@ def _section(cls: type, values: Any, name: str, source: str) -> Any:
     return cls(**values)
 
 
-def load_settings(path: Path, overrides: list[str]) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise RecipeError(f"cannot read {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: expected a mapping of sections")
+def load_settings(path: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """The checked settings of a YAML recipe file plus dotted ``key=value`` overrides."""
+    return settings_from_dict(read_recipe_file(path), overrides, source=str(path))
+
+
+def settings_from_dict(values: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Check a recipe mapping (the `recipe` key, if any, must say `image_tokenizer`) into settings."""
     values = apply_overrides(values, overrides)
-    source = str(path) + (" (with overrides)" if overrides else "")
-    unknown = sorted(set(values) - {"model", "data", "loss", "train", "output"})
+    source = source + (" (with overrides)" if overrides else "")
+    kind = recipe_kind(values, source) if "recipe" in values else "image_tokenizer"
+    if kind != "image_tokenizer":
+        raise RecipeError(f"{source}: recipe: {kind} is not an image-tokenizer recipe")
+    unknown = sorted(set(values) - {"recipe", "model", "data", "loss", "train", "output"})
     if unknown:
         raise RecipeError(f"{source}: unknown sections {unknown}")
     return {
@@ -105,6 +103,7 @@ def load_settings(path: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def scenes(world: World, split: str, start: int, count: int, size: int) -> torch.Tensor:
+    """Scenes `start`.. of a world split as (count, 3, size, size) in [0, 1], resized as code extraction does."""
     return torch.stack(
         [image_to_unit_tensor(world.scene(split, i).image, size) for i in range(start, start + count)]
     )
@@ -126,6 +125,7 @@ def evaluate(model: ImageTokenizer, images: torch.Tensor, batch_size: int) -> di
 
 
 def train(settings: dict[str, Any]) -> dict[str, float]:
+    """Train, printing JSON lines and saving to `output` at each evaluation; the last evaluation's metrics."""
     config: ImageTokenizerConfig = settings["model"]
     data: DataSettings = settings["data"]
     run: TrainSettings = settings["train"]
@@ -182,20 +182,3 @@ def train(settings: dict[str, Any]) -> dict[str, float]:
             model.save_pretrained(settings["output"])
     print(json.dumps({"event": "done", "output": str(settings["output"]), **result}), flush=True)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path, help="YAML file, e.g. tasks/world/vq.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value (value read as YAML)")
-    args = parser.parse_args(argv)
-    try:
-        train(load_settings(args.config, args.overrides))
-    except (RecipeError, ImageTokenizerError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
