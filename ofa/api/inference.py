@@ -34,6 +34,7 @@ from ofa.models import OFAModel
 from ofa.tasks import Example, Task, TaskError, collate, get_task
 from ofa.tasks.text_to_image import TextToImageTask
 from ofa.tokenization import OFATokenizer
+from ofa.tokenization.image import IMAGE_TOKENIZER_DIR
 
 from .batching import merge_search
 from .results import Box, CaptionResult, GroundingResult, ImageResult, RunResult, geometric_mean_probability
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from .imagine import ImageTextScorer
 
 RECIPE_FILE = "recipe.yaml"
-IMAGE_TOKENIZER_DIR = "image_tokenizer"  # sub-folder of a checkpoint holding its image tokenizer
 TASK_ALIASES = {"caption": "caption", "ground": "grounding", "grounding": "grounding", "run": "run"}
 REQUEST_KEYS = {
     "caption": {"task", "image", "lang"},

@@ -51,6 +51,10 @@ class WorldSource:
             refs = scene.refs_for(self.lang)
             ref = refs[_pick(index, len(refs), f"{self.split}-{self.lang}-ref")]
             return {**base, "text": ref.text, "box": list(ref.box), "kind": ref.kind}
+        if self.task == "text_to_image":  # every world caption names all of the scene's objects
+            captions = scene.captions[self.lang]
+            text = captions[_pick(index, len(captions), f"{self.split}-{self.lang}-t2i")]
+            return {**base, "text": text}
         if self.task == "retrieval":
             captions = scene.captions[self.lang]
             text = captions[_pick(index, len(captions), f"{self.split}-{self.lang}-caption")]

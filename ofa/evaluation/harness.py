@@ -37,6 +37,21 @@ def checkpoint_recipe(checkpoint: Path) -> dict[str, Any]:
     return recipe
 
 
+def checkpoint_image_tokenizer(checkpoint: Path, device: str = "cpu") -> Any:
+    """The image tokenizer in a checkpoint's `image_tokenizer/` folder; TaskError when there is none."""
+    from ofa.tokenization.image import IMAGE_TOKENIZER_DIR, ImageTokenizer, ImageTokenizerError
+
+    folder = checkpoint / IMAGE_TOKENIZER_DIR
+    if not folder.is_dir():
+        raise TaskError(
+            f"{checkpoint}: no {IMAGE_TOKENIZER_DIR}/ folder: this checkpoint cannot draw pictures"
+        )
+    try:
+        return ImageTokenizer.from_pretrained(folder, device=device)
+    except ImageTokenizerError as err:
+        raise TaskError(str(err)) from None
+
+
 def world_for_checkpoint(checkpoint: Path, model: OFAModel) -> World:
     """The world a checkpoint was trained on: `data.world` of its `recipe.yaml`, else the defaults."""
     settings: dict[str, Any] = {"image_size": model.config.image_size}
@@ -100,7 +115,10 @@ def evaluate(
         k: int(data_section[k]) for k in ("max_source_length", "max_target_length") if data_section.get(k)
     }
     search = {**((recipe.get("eval") or {}).get("search") or {}).get(task_name, {}), **search}
-    task = get_task(task_name)(tokenizer, image_size=model.config.image_size, **lengths)
+    options: dict[str, Any] = {}
+    if task_name == "text_to_image":  # codes -> pictures for the oracle; plain sampling (no guidance)
+        options["image_tokenizer"] = checkpoint_image_tokenizer(checkpoint, device)
+    task = get_task(task_name)(tokenizer, image_size=model.config.image_size, **lengths, **options)
     start = time.perf_counter()
     if split is not None:
         source = WorldSource(world_for_checkpoint(checkpoint, model), split, task_name, lang)

@@ -20,6 +20,7 @@ import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,6 +67,22 @@ def open_data_file(
     return samples
 
 
+def image_tokenizer_path(recipe: Recipe) -> Path | None:
+    """The folder of `data.task_options.text_to_image.image_tokenizer`, if the recipe names one."""
+    value = (recipe.data.task_options.get("text_to_image") or {}).get("image_tokenizer")
+    return None if value is None else resolve_path(str(value))
+
+
+def load_recipe_image_tokenizer(recipe: Recipe, path: Path, key: str) -> Any:
+    """The image tokenizer at `path`, named by the recipe's `key`; a bad folder is an error naming the key."""
+    from ofa.tokenization.image import ImageTokenizer, ImageTokenizerError
+
+    try:
+        return ImageTokenizer.from_pretrained(path)
+    except ImageTokenizerError as err:
+        raise RecipeError(f"{recipe.source}: {key}: {err}") from None
+
+
 def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
     """One task object per task name in the mixture, with the recipe's `data.task_options` for it."""
     from ofa.tasks import TASKS, TaskError  # importing ofa.tasks registers every task module
@@ -81,6 +98,10 @@ def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = F
             options = recipe.data.task_options.get(comp.task) or {}
             if not isinstance(options, dict):
                 raise RecipeError(f"{recipe.source}: data.task_options.{comp.task} must be a mapping")
+            if options.get("image_tokenizer") is not None:
+                key = f"data.task_options.{comp.task}.image_tokenizer"
+                path = resolve_path(str(options["image_tokenizer"]))
+                options = {**options, "image_tokenizer": load_recipe_image_tokenizer(recipe, path, key)}
             try:
                 tasks[comp.task] = get_task(comp.task)(
                     tokenizer,
@@ -333,6 +354,8 @@ __all__ = [
     "MixtureDataset",
     "WindowCollate",
     "WindowSampler",
+    "image_tokenizer_path",
+    "load_recipe_image_tokenizer",
     "make_tasks",
     "make_world",
     "stable_hash",

@@ -26,9 +26,10 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ofa.models import OFAConfig, OFAModel
 from ofa.tokenization import OFATokenizer
+from ofa.tokenization.image import IMAGE_TOKENIZER_DIR
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
-from .data import MixtureDataModule, make_tasks
+from .data import MixtureDataModule, image_tokenizer_path, load_recipe_image_tokenizer, make_tasks
 from .module import OFALightningModule, unmatched_prefixes
 from .recipe import (
     INIT_FROM_FIELDS,
@@ -174,7 +175,31 @@ def export_final(
     model.load_state_dict_strict(state, source="trained model")
     model.save_pretrained(folder, dtype=EXPORT_DTYPES[recipe.train.export_dtype])
     tokenizer.save_pretrained(folder)
+    image_tokenizer = image_tokenizer_path(recipe)
+    if image_tokenizer is not None:  # what turns generated codes back into pictures
+        key = "data.task_options.text_to_image.image_tokenizer"
+        load_recipe_image_tokenizer(recipe, image_tokenizer, key).save_pretrained(
+            folder / IMAGE_TOKENIZER_DIR
+        )
     (folder / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+
+
+def check_text_to_image(recipe: Recipe, tasks: dict[str, Any], config: OFAConfig) -> None:
+    """A `text_to_image` mixture needs an image tokenizer whose code grid is the model's."""
+    task = tasks.get("text_to_image")
+    if task is None:
+        return
+    key = f"{recipe.source}: data.task_options.text_to_image.image_tokenizer"
+    if task.image_tokenizer is None:
+        raise RecipeError(
+            f"{key}: text_to_image learns the codes of an image tokenizer; name its folder "
+            "(one written by `ofa train tasks/world/vq.yaml`, e.g. tokenizers/world-vq)"
+        )
+    if task.code_grid != config.code_grid:
+        raise RecipeError(
+            f"{key}: its code grid is {task.code_grid}x{task.code_grid} but the model's is "
+            f"{config.code_grid}x{config.code_grid} (model.config.code_image_size / 8)"
+        )
 
 
 def _pretrain_stem(
@@ -223,6 +248,7 @@ def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainRe
             raise RecipeError(f"{recipe.source}: train.{key}: {unmatched} match no parameter of the model")
     image_size = recipe.data.image_size or model.config.image_size
     datamodule = MixtureDataModule(recipe, tokenizer, image_size)
+    check_text_to_image(recipe, datamodule.tasks, model.config)
 
     output_dir = Path(t.output_dir).expanduser()
     checkpoint_dir = output_dir / "checkpoints"

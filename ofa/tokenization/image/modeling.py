@@ -21,6 +21,7 @@ MODEL_FORMAT = "ofa-image-tokenizer"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # sub-folder of a model checkpoint holding its image tokenizer
 # Inputs may overshoot [0, 1] by float rounding after resizing; anything beyond this is a wrong range.
 _RANGE_SLACK = 1e-3
 
