@@ -202,7 +202,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Serve the browser demo (a caption tab and a grounding tab) for a checkpoint until interrupted."""
+    """Serve the browser demo for a checkpoint until interrupted: caption, grounding, retrieval and
+    text-to-image tabs (the last two show a note when the checkpoint lacks a retrieval head or an image
+    tokenizer)."""
     from ofa.demo import launch
 
     ofa = _load_ofa(args)
@@ -330,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, metavar="N", help="most tokens to generate (default: 32)")
     add_model_options(p)
 
-    p = add("demo", cmd_demo, "serve the browser demo")
+    p = add("demo", cmd_demo, "serve the browser demo (caption, grounding, retrieval, text-to-image)")
     p.epilog = "example: ofa demo --port 7860, then open http://127.0.0.1:7860"
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")

@@ -1,6 +1,7 @@
 """`ofa.demo` without a browser: the box drawing against a hand-built mask, every message a bad input gets,
-the upload check of the Gradio image component, and the retrieval tab's ranking against a brute-force search
-over the embeddings. The browser test is `test_demo_browser.py`."""
+the upload check of the Gradio image component, the retrieval tab's ranking against a brute-force search
+over the embeddings, and the text-to-image tab's pictures against `OFA.generate_image` enlarged by hand. The
+browser test is `test_demo_browser.py`."""
 
 from __future__ import annotations
 
@@ -21,19 +22,34 @@ from ofa.demo.app import (
     NO_BOX,
     NO_EXPRESSION,
     NO_IMAGE,
+    NO_IMAGE_TOKENIZER,
+    NO_PROMPT,
     NO_QUERY,
     NO_RETRIEVAL_HEAD,
     example_queries,
+    upscale,
     world_gallery,
+    world_prompts,
 )
 from ofa.models import OFAConfig, OFAModel
+from ofa.tokenization.image import ImageTokenizer, ImageTokenizerConfig
 from tests.test_api import huge_png, make_checkpoint
+from tests.test_text_to_image import CODEBOOK, GRID, make_image_tokenizer
+from tests.test_text_to_image import make_checkpoint as make_text_to_image_checkpoint
 
 
-def make_retrieval_checkpoint(folder: Path, retrieval_dim: int = 16) -> Path:
-    """`make_checkpoint`'s random model with a retrieval head (fresh random weights; same tokenizer, recipe)."""
+def make_retrieval_checkpoint(folder: Path, retrieval_dim: int = 16, image_tokenizer: bool = False) -> Path:
+    """`make_checkpoint`'s random model with a retrieval head (fresh random weights; same tokenizer, recipe).
+
+    ``image_tokenizer``: also save `test_text_to_image`'s random image tokenizer (32 px, 4x4 codes) in the
+    checkpoint's ``image_tokenizer/`` folder, the model decoding grids of its size: every demo tab works.
+    """
     make_checkpoint(folder)
-    config = dataclasses.replace(OFAConfig.load(folder / "config.json"), retrieval_dim=retrieval_dim)
+    changes: dict = {"retrieval_dim": retrieval_dim}
+    if image_tokenizer:
+        changes["code_image_size"] = 8 * GRID
+        make_image_tokenizer().save_pretrained(folder / "image_tokenizer")
+    config = dataclasses.replace(OFAConfig.load(folder / "config.json"), **changes)
     torch.manual_seed(0)
     OFAModel(config).save_pretrained(folder)
     return folder
@@ -173,11 +189,29 @@ def test_build_demo_has_a_tab_per_task(ofa, tmp_path):
         ofa, examples=world_examples(1, folder=tmp_path), gallery=world_gallery(2, folder=tmp_path / "g")
     )
     labels = [block.label for block in demo.blocks.values() if type(block).__name__ == "Tab"]
-    assert labels == ["Caption", "Grounding", "Retrieval 检索"]
+    assert labels == ["Caption", "Grounding", "Retrieval 检索", "Text-to-image 文生图"]
     assert Path(tmp_path / "world-val-0.png").is_file()
-    # This checkpoint has no retrieval head: its tab says so up front.
-    notes = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "retrieval-note"]
-    assert len(notes) == 1 and NO_RETRIEVAL_HEAD in notes[0].value
+    # This checkpoint has neither a retrieval head nor an image tokenizer: both tabs say so up front, and the
+    # text-to-image tab has no controls.
+    ids = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    assert NO_RETRIEVAL_HEAD in ids["retrieval-note"].value
+    assert NO_IMAGE_TOKENIZER in ids["imagine-note"].value
+    assert not {"imagine-prompt", "imagine-button", "imagine-gallery"} & ids.keys()
+
+
+def test_build_demo_text_to_image_tab_has_its_controls(imaginer, tmp_path):
+    pytest.importorskip("gradio")
+    from ofa.demo import build_demo
+
+    demo = build_demo(
+        imaginer, examples=world_examples(1, folder=tmp_path), gallery=world_gallery(2, folder=tmp_path / "g")
+    )
+    ids = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    assert "imagine-note" not in ids
+    assert (ids["imagine-n"].minimum, ids["imagine-n"].maximum, ids["imagine-n"].value) == (1, 8, 4)
+    assert (ids["imagine-guidance"].minimum, ids["imagine-guidance"].maximum) == (0, 10)
+    assert ids["imagine-guidance"].value == 3 and ids["imagine-seed"].value == 0
+    assert ids["imagine-gallery"].format == "png"  # lossless: the enlarged pixels stay sharp
 
 
 def test_world_gallery_is_val_scenes_with_chinese_captions(tmp_path):
@@ -306,3 +340,96 @@ def test_concurrent_users_all_get_answers(ofa, tmp_path):
     for (path, lang), (text, score, status) in zip(requests, answers):
         expected = ofa.caption(str(path), lang=lang)
         assert (text, score) == (expected.text, round(expected.score, 4)) and status.startswith("Done in")
+
+
+# ------------------------------------------------------------------------------------------------ text-to-image
+@pytest.fixture(scope="module")
+def imaginer(tmp_path_factory) -> OFA:
+    """A random model with a random image tokenizer: 32 px pictures from 4x4 code grids."""
+    return OFA.from_pretrained(make_text_to_image_checkpoint(tmp_path_factory.mktemp("t2i-ckpt")))
+
+
+def enlarged(image: Image.Image, factor: int) -> np.ndarray:
+    """Each pixel of ``image`` as a ``factor`` x ``factor`` block, by hand."""
+    return np.asarray(image).repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def test_upscale_makes_each_pixel_a_square_block():
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)  # 3 wide, 2 high
+    image = Image.fromarray(pixels)
+    assert np.array_equal(np.asarray(upscale(image, size=10)), enlarged(image, 3))  # 10 // 3 = 3: 9 x 6
+    assert np.array_equal(np.asarray(upscale(image, size=256)), enlarged(image, 85))
+    assert upscale(image, size=2).size == (3, 2)  # already larger than the target: never shrunk
+
+
+def test_world_prompts_are_captions_of_small_val_scenes():
+    world = World(seed=0)
+    # By hand (counting objects of the val scenes): scene 0 has four objects, scenes 1, 2 and 4 three or fewer.
+    assert [len(world.scene("val", i).objects) for i in range(5)] == [4, 3, 1, 4, 1]
+    expected = [world.scene("val", i).captions[lang][0] for i in (1, 2, 4) for lang in ("en", "zh")]
+    assert world_prompts(3) == expected
+    assert expected[2:4] == ["a large orange star", "一个大的橙色星形"]
+
+
+def test_imagine_shows_the_models_pictures_best_first(imaginer):
+    backend = DemoBackend(imaginer)
+    assert backend.can_imagine
+    for prompt, language in (("a large orange star", "English"), ("一个大的橙色星形", "中文")):
+        pictures, status = backend.imagine(f"  {prompt} ", 3, 2.5, 5)
+        expected = imaginer.generate_image(prompt, n=3, guidance=2.5, seed=5)
+        assert len(pictures) == 3
+        for (picture, caption), rank, result in zip(pictures, (1, 2, 3), expected):
+            assert result.image.size == (8 * GRID, 8 * GRID)  # 32 px: shown 8 times larger, at 256 px
+            assert np.array_equal(np.asarray(picture), enlarged(result.image, 8))
+            assert caption == f"#{rank} score {result.score:.3g}"
+        scores = [result.score for result in expected]
+        assert scores == sorted(scores, reverse=True)
+        assert status.startswith("Done in") and status.endswith(
+            f"3 pictures, best first; prompt read as {language}."
+        )
+    # The same seed draws the same pictures; another seed others. Whole floats are fine (Gradio sends floats).
+    again, _ = backend.imagine("a large orange star", 3.0, 2.5, 5.0)
+    first, _ = backend.imagine("a large orange star", 3, 2.5, 5)
+    other, _ = backend.imagine("a large orange star", 3, 2.5, 6)
+    pixels = [[np.asarray(picture).tobytes() for picture, _ in run] for run in (first, again, other)]
+    assert pixels[0] == pixels[1] and pixels[0] != pixels[2]
+    assert len(backend.imagine("a red circle", 1, 0, 0)[0]) == 1  # guidance 0: plain conditional sampling
+
+
+def test_imagine_turns_bad_input_into_messages(imaginer, ofa, monkeypatch):
+    notes: list[str] = []
+    backend = DemoBackend(imaginer, notify=notes.append)
+    monkeypatch.setattr(imaginer, "generate_image", None)  # nothing below may reach the model
+    assert backend.imagine("   ", 4, 3, 0) == ([], f"⚠️ {NO_PROMPT}")
+    assert backend.imagine(None, 4, 3, 0) == ([], f"⚠️ {NO_PROMPT}")
+    # The recipe of the checkpoint reads at most 64 source tokens, as on the retrieval tab; 100 characters of
+    # one token each, plus bos and eos, make 102.
+    pictures, message = backend.imagine("红" * 100, 4, 3, 0)
+    assert (
+        pictures == []
+        and message == "⚠️ This prompt is too long: 102 tokens, the model reads at most 64; shorten it."
+    )
+    for n in (0, 9, 2.5, True, None, "4"):
+        assert (
+            "The number of pictures must be a whole number from 1 to 8, got"
+            in backend.imagine("a", n, 3, 0)[1]
+        )
+    for guidance in (-0.5, 10.5, math.nan, math.inf, None, "3"):
+        assert (
+            "The guidance scale must be a number from 0 to 10, got" in backend.imagine("a", 4, guidance, 0)[1]
+        )
+    for seed in (-1, 2**32, 1.5, None, "0"):
+        assert (
+            "The seed must be a whole number from 0 to 4294967295, got" in backend.imagine("a", 4, 3, seed)[1]
+        )
+    assert backend.imagine("a", None, 3, 0)[1].endswith("got nothing.")
+    assert len(notes) == 3 + 6 + 6 + 5 + 1
+    # A checkpoint without an image tokenizer: a note, not a failure.
+    bare = DemoBackend(ofa)
+    assert not bare.can_imagine and bare.imagine("a red star", 4, 3, 0) == ([], f"⚠️ {NO_IMAGE_TOKENIZER}")
+    monkeypatch.undo()
+    # What the model itself refuses becomes a message too: an image tokenizer of the wrong grid size.
+    bigger = ImageTokenizer(ImageTokenizerConfig(resolution=64, codebook_size=CODEBOOK, kmeans_init=False))
+    mismatched = OFA(imaginer.model, imaginer.tokenizer, image_tokenizer=bigger)
+    pictures, message = DemoBackend(mismatched).imagine("a red star", 4, 3, 0)
+    assert pictures == [] and message.startswith("⚠️ Cannot draw this prompt: the image tokenizer makes 8x8")

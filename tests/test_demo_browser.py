@@ -1,11 +1,13 @@
 """The demo served on localhost and driven in a real headless Chromium through Playwright.
 
-A random-weight checkpoint with a retrieval head serves the demo (gibberish but well-formed outputs); what the
-page shows is checked against the same model called directly in this process: the caption text, on the
-grounding tab the box coordinates and the output image itself (outlined in the box colour exactly at the box,
-untouched elsewhere), and on the retrieval tab the k gallery images found for a Chinese query, pixel for pixel.
+A random-weight checkpoint with a retrieval head and an image tokenizer serves the demo (gibberish but
+well-formed outputs); what the page shows is checked against the same model called directly in this process:
+the caption text, on the grounding tab the box coordinates and the output image itself (outlined in the box
+colour exactly at the box, untouched elsewhere), on the retrieval tab the k gallery images found for a Chinese
+query, and on the text-to-image tab the n pictures drawn for a prompt, pixel for pixel.
 Needs Debian's `chromium` (`/usr/bin/chromium`, or `OFA_CHROMIUM`) and the `playwright` package; no browser is
-downloaded. Skips with the reason when either is missing. A screenshot goes to `outputs/demo_screenshot.png`.
+downloaded. Skips with the reason when either is missing. Screenshots go to `outputs/demo_screenshot.png`
+(grounding) and `outputs/demo_text_to_image_screenshot.png`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 SCREENSHOT = REPO / "outputs" / "demo_screenshot.png"
+TEXT_TO_IMAGE_SCREENSHOT = REPO / "outputs" / "demo_text_to_image_screenshot.png"
 MAGENTA = (255, 0, 255)  # the demo's documented box colour
 TIMEOUT_MS = 20_000  # per wait; the first request of a fresh page is the slowest
 
@@ -52,7 +55,8 @@ def sync_api():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> OFA:
-    return OFA.from_pretrained(make_retrieval_checkpoint(tmp_path_factory.mktemp("ckpt")))
+    checkpoint = make_retrieval_checkpoint(tmp_path_factory.mktemp("ckpt"), image_tokenizer=True)
+    return OFA.from_pretrained(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +214,40 @@ def test_retrieval_tab_shows_the_k_best_gallery_images(page, sync_api, model, ga
         assert response.ok
         picture = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
         assert np.array_equal(picture, np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_text_to_image_tab_shows_the_n_pictures(page, sync_api, model):
+    from ofa.demo.app import DEFAULT_GUIDANCE, DemoBackend
+
+    expect = sync_api.expect
+    prompt, n, seed = "一个大的橙色星形", 3, 7
+    page.get_by_role("tab", name="Text-to-image 文生图").click()
+    status = page.locator("#imagine-status")
+    page.locator("#imagine-prompt textarea").fill(prompt)
+    page.locator("#imagine-n input[type=number]").fill(str(n))
+    page.locator("#imagine-n input[type=number]").press("Enter")
+    page.locator("#imagine-seed input").fill(str(seed))
+    page.locator("#imagine-button").click()
+    expect(status).to_contain_text("Done in")
+    expect(status).to_contain_text("prompt read as 中文")
+    shown = page.locator("#imagine-gallery img")
+    expect(shown).to_have_count(n)
+    TEXT_TO_IMAGE_SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(TEXT_TO_IMAGE_SCREENSHOT), full_page=True)
+
+    expected, _ = DemoBackend(model).imagine(prompt, n, DEFAULT_GUIDANCE, seed)
+    for index, (picture, caption) in enumerate(expected):
+        expect(page.locator("#imagine-gallery")).to_contain_text(caption)
+        response = page.request.get(shown.nth(index).get_attribute("src"))
+        assert response.ok
+        served = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+        assert np.array_equal(served, np.asarray(picture))  # PNG: the enlarged pixels arrive unchanged
+
+    # Bad input: a message in the status line.
+    page.locator("#imagine-seed input").fill("-1")
+    page.locator("#imagine-button").click()
+    expect(status).to_contain_text("The seed must be a whole number from 0 to 4294967295, got -1.")
+    page.locator("#imagine-prompt textarea").fill("  ")
+    page.locator("#imagine-button").click()
+    expect(status).to_contain_text("Please describe the picture to draw first")
+    expect(page.get_by_text("Traceback")).to_have_count(0)

@@ -2,9 +2,10 @@
 
 The backend holds no Gradio code, so what each button does (including every message a bad input gets) is
 plain Python; :func:`build_demo` only wires it to components. There is a tab per task ``OFA`` serves:
-captioning, grounding and retrieval (a text query, Chinese by default, searches a gallery of world scenes
-whose embeddings are computed once; a checkpoint without a retrieval head gets a note in that tab instead).
-A text-to-image tab belongs here too.
+captioning, grounding, retrieval (a text query, Chinese by default, searches a gallery of world scenes
+whose embeddings are computed once; a checkpoint without a retrieval head gets a note in that tab) and
+text-to-image (n pictures of an English or Chinese prompt, best first by the model's own reranking; a
+checkpoint without an image tokenizer gets a note in that tab instead of the controls).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw
 if TYPE_CHECKING:
     import gradio as gr
 
-    from ofa.api import OFA, RetrievalHit
+    from ofa.api import OFA, ImageResult, RetrievalHit
     from ofa.tasks.itm import ItmTask
 
 #: Outline colour of predicted boxes; magenta is far from every colour the synthetic world paints.
@@ -46,6 +47,8 @@ CSS = (
     ".ofa-image img { width: 100%; height: 100%; object-fit: contain; }"
     # Retrieval captions carry two scores; wrap them rather than cut them off with an ellipsis.
     " #retrieval-gallery .caption-label { white-space: normal; max-width: 95%; }"
+    # Generated pictures are a few dozen pixels: keep their pixels square wherever the browser rescales them.
+    " #imagine-gallery img { image-rendering: pixelated; }"
 )
 
 NO_IMAGE = "Please upload an image first (or click one of the examples)."
@@ -58,6 +61,12 @@ NO_RETRIEVAL_HEAD = (
     "this tab."
 )
 NO_GALLERY = "There is no gallery to search."
+NO_PROMPT = "Please describe the picture to draw first, e.g. “a large orange star” or “一个大的橙色星形”."
+NO_IMAGE_TOKENIZER = (
+    "This checkpoint has no image tokenizer (no image_tokenizer/ sub-folder), so it cannot draw pictures; "
+    "the other tabs work. Serve a checkpoint with one (ImageTokenizer.save_pretrained into its "
+    "image_tokenizer/ folder) to use this tab."
+)
 #: World scenes the retrieval tab searches, and the most results it shows.
 GALLERY_SIZE = 24
 MAX_RESULTS = 8
@@ -67,6 +76,15 @@ DEFAULT_RESULTS = 4
 #: world checkpoint so far (runs/world-tiny-with-retrieval/step1000, ITM accuracy ~57%) it hurt: R@1 of the
 #: 24 gallery captions as queries (k=4) fell from 22/24 to 10/24 (zh) and 8/24 (en).
 DEFAULT_RERANK = False
+#: Text-to-image: the most pictures per prompt, the guidance scale range and the seed range the tab accepts.
+MAX_PICTURES = 8
+DEFAULT_PICTURES = 4
+MAX_GUIDANCE = 10
+DEFAULT_GUIDANCE = 3
+MAX_SEED = 2**32 - 1
+DEFAULT_SEED = 0
+#: Generated pictures (64 px for the world) are enlarged by a whole factor to about this size for display.
+PICTURE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,35 @@ def example_queries(gallery: list[DemoExample], count: int = 3) -> list[str]:
     return sorted(captions, key=len)[:count]
 
 
+def world_prompts(count: int = 3, max_objects: int = 3) -> list[str]:
+    """Example prompts of the text-to-image tab: the first English and the first Chinese caption of each of
+    the first ``count`` validation scenes of the world (seed 0) with at most ``max_objects`` objects, the kind
+    of text the model learnt to draw from."""
+    from ofa.data.world import World
+
+    world = World(seed=0)
+    prompts: list[str] = []
+    index = 0
+    while len(prompts) < 2 * count:
+        scene = world.scene("val", index)
+        if len(scene.objects) <= max_objects:
+            prompts += [scene.captions["en"][0], scene.captions["zh"][0]]
+        index += 1
+    return prompts
+
+
+def upscale(image: Image.Image, size: int = PICTURE_SIZE) -> Image.Image:
+    """``image`` enlarged by the largest whole factor that keeps it within ``size`` (at least 1), each pixel
+    becoming a square block (NEAREST), so small generated pictures stay sharp."""
+    factor = max(1, size // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def picture_caption(rank: int, result: ImageResult) -> str:
+    """``#rank score 0.xxx`` (three significant digits: an untrained model's scores are tiny)."""
+    return f"#{rank} score {result.score:.3g}"
+
+
 def hit_caption(rank: int, hit: RetrievalHit) -> str:
     """``#rank similarity 0.xx``, plus the matching probability when the hit was reranked."""
     caption = f"#{rank} similarity {hit.similarity:.2f}"
@@ -181,7 +228,7 @@ class DemoBackend:
     ``search``: generation overrides for every call (``{"beam_size": 3}``). ``notify``: also called with
     each problem message (the app passes ``gr.Warning`` so a pop-up appears too). ``gallery``: the image
     files text queries search (:meth:`retrieve`); their embeddings are computed on the first query in each
-    language and kept.
+    language and kept. Text-to-image (:meth:`imagine`) takes its own settings, not ``search``.
     """
 
     def __init__(
@@ -203,6 +250,13 @@ class DemoBackend:
     def can_retrieve(self) -> bool:
         """Whether the model has a retrieval head (``retrieval_dim`` in its config)."""
         return getattr(getattr(self.model, "model", None), "retrieval", None) is not None
+
+    @property
+    def can_imagine(self) -> bool:
+        """Whether the model has an image tokenizer, which text-to-image needs. Only its presence is checked
+        (``OFA`` loads it on the first picture), so a broken one becomes a message on Generate, not a failed
+        start."""
+        return getattr(self.model, "_image_tokenizer", None) is not None
 
     def caption(self, image: str | Path | Image.Image | None, lang: str) -> tuple[str, float | None, str]:
         """(caption, score, status) for an image file or PIL image, in ``lang`` (``en`` or ``zh``)."""
@@ -261,6 +315,42 @@ class DemoBackend:
         items = [(str(self.gallery[hit.index]), hit_caption(rank, hit)) for rank, hit in enumerate(hits, 1)]
         return items, _done(start)
 
+    def imagine(
+        self,
+        prompt: str | None,
+        n: Any = DEFAULT_PICTURES,
+        guidance: Any = DEFAULT_GUIDANCE,
+        seed: Any = DEFAULT_SEED,
+    ) -> tuple[list[tuple[Image.Image, str]], str]:
+        """(``n`` pictures of ``prompt`` as (picture, caption) pairs, best first; status), as
+        :meth:`OFA.generate_image` draws and reranks them with guidance scale ``guidance`` and ``seed`` (the
+        same seed gives the same pictures). Pictures come enlarged by :func:`upscale`, captions read
+        ``#rank score 0.xxx``. The prompt's language is detected as ``generate_image`` does."""
+        from ofa.api import detect_language
+
+        if not self.can_imagine:
+            return [], self._problem(NO_IMAGE_TOKENIZER)
+        if not isinstance(prompt, str) or not prompt.strip():
+            return [], self._problem(NO_PROMPT)
+        prompt = prompt.strip()
+        lang = detect_language(prompt)
+        problem = (
+            self._length_problem(prompt, lang, "prompt")
+            or _number_problem(n, "number of pictures", 1, MAX_PICTURES)
+            or _number_problem(guidance, "guidance scale", 0, MAX_GUIDANCE, whole=False)
+            or _number_problem(seed, "seed", 0, MAX_SEED)
+        )
+        if problem:
+            return [], self._problem(problem)
+        start = time.perf_counter()
+        try:
+            results = self.model.generate_image(prompt, n=int(n), guidance=float(guidance), seed=int(seed))
+        except (ValueError, OSError, RuntimeError) as err:  # a refused input, a broken image tokenizer
+            return [], self._problem(f"Cannot draw this prompt: {err}")
+        pictures = [(upscale(r.image), picture_caption(rank, r)) for rank, r in enumerate(results, 1)]
+        language = dict((code, name) for name, code in LANGUAGES)[lang]
+        return pictures, f"{_done(start)} {len(pictures)} pictures, best first; prompt read as {language}."
+
     def gallery_hits(self, query: str, lang: str, k: int, rerank: bool = False) -> list[RetrievalHit]:
         """The ``k`` gallery items most similar to ``query``, best first, as :meth:`OFA.retrieve` ranks them:
         cosine similarity against the cached gallery embeddings (ties: gallery order), then with ``rerank``
@@ -303,7 +393,6 @@ class DemoBackend:
     def _query_problem(self, query: str, lang: str) -> str | None:
         """Why the model cannot read ``query`` as a ``lang`` text, or None."""
         from ofa.api import detect_language
-        from ofa.tasks.base import clean_text
 
         if lang not in dict(LANGUAGES).values():
             return f"Unknown query language {lang!r}; choose English or 中文."
@@ -311,11 +400,18 @@ class DemoBackend:
             if lang == "zh":
                 return "This query has no Chinese characters but 中文 is selected; choose English."
             return "This query holds Chinese characters but English is selected; choose 中文."
-        # Counted as RetrievalTask.text_ids reads the text (which would silently cut it off).
-        tokens = len(self.model.tokenizer.encode(" " + clean_text(query) if lang == "en" else query))
+        return self._length_problem(query, lang, "query")
+
+    def _length_problem(self, text: str, lang: str, what: str) -> str | None:
+        """Why ``text`` (a ``lang`` query or prompt) is too long for the model, or None. Tokens are counted as
+        RetrievalTask.text_ids and the text-to-image prompt read the text (both would silently cut it off);
+        the limit is the caption task's source length."""
+        from ofa.tasks.base import clean_text
+
+        tokens = len(self.model.tokenizer.encode(" " + clean_text(text) if lang == "en" else text))
         limit = self.model.tasks["caption"].max_source_length
         if tokens > limit:
-            return f"This query is too long: {tokens} tokens, the model reads at most {limit}; shorten it."
+            return f"This {what} is too long: {tokens} tokens, the model reads at most {limit}; shorten it."
         return None
 
     def _problem(self, message: str) -> str:
@@ -334,9 +430,19 @@ def _without_folder(error: Exception, image: Any) -> str:
 
 def _results_problem(k: Any) -> str | None:
     """Why ``k`` is not a number of results the tab shows, or None."""
-    whole = isinstance(k, (int, float)) and not isinstance(k, bool) and float(k).is_integer()
-    if not whole or not 1 <= k <= MAX_RESULTS:
-        return f"The number of results must be a whole number from 1 to {MAX_RESULTS}, got {k!r}."
+    return _number_problem(k, "number of results", 1, MAX_RESULTS)
+
+
+def _number_problem(value: Any, name: str, low: float, high: float, whole: bool = True) -> str | None:
+    """Why ``value`` is not a (``whole``) number from ``low`` to ``high``, or None. Strings, booleans, None
+    and NaN are refused: what reaches the handlers unprocessed is whatever the page or an API caller sent."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and whole:
+        ok = float(value).is_integer()
+    if not ok or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        got = "nothing" if value is None else repr(value)
+        return f"The {name} must be {kind} from {low} to {high}, got {got}."
     return None
 
 
@@ -375,12 +481,15 @@ def build_demo(
     search: dict[str, Any] | None = None,
     title: str = "OFA unified multimodal demo",
 ) -> gr.Blocks:
-    """The demo's Gradio Blocks for ``model``: a **Caption**, a **Grounding** and a **Retrieval** tab.
+    """The demo's Gradio Blocks for ``model``: a **Caption**, a **Grounding**, a **Retrieval** and a
+    **Text-to-image** tab (the last two show a note instead when the model lacks a retrieval head or an image
+    tokenizer).
 
     ``examples``: clickable inputs under the caption and grounding tabs (default: :func:`world_examples`).
     ``gallery``: the images the retrieval tab searches; its shortest captions become its example queries
-    (default: :func:`world_gallery`). ``search``: generation overrides for every request. Call :func:`launch`
-    (or ``.queue().launch()``) to serve it.
+    (default: :func:`world_gallery`). The text-to-image examples are :func:`world_prompts`. ``search``:
+    generation overrides for caption and grounding requests. Call :func:`launch` (or ``.queue().launch()``)
+    to serve it.
     """
     gr = _import_gradio()
     examples = world_examples() if examples is None else examples
@@ -504,6 +613,53 @@ def build_demo(
             ret_outputs = [ret_results, ret_status]
             ret_button.click(backend.retrieve, ret_inputs, ret_outputs, api_name="retrieve")
             ret_query.submit(backend.retrieve, ret_inputs, ret_outputs, api_name=False)
+
+        with gr.Tab("Text-to-image 文生图", id="imagine"):
+            if not backend.can_imagine:
+                gr.Markdown(f"⚠️ {NO_IMAGE_TOKENIZER}", elem_id="imagine-note")
+            else:
+                gr.Markdown(
+                    "Draws n pictures of a description in English or Chinese (told apart by its "
+                    "characters) and ranks them best first by the model's own score: how likely it finds "
+                    "the description as the caption of each picture. Pictures are shown enlarged with "
+                    "their pixels kept square."
+                )
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        img_prompt = gr.Textbox(
+                            label="Prompt (English or Chinese)",
+                            placeholder="a large orange star / 一个大的橙色星形",
+                            elem_id="imagine-prompt",
+                        )
+                        img_n = gr.Slider(
+                            1, MAX_PICTURES, value=DEFAULT_PICTURES, step=1, label="Pictures (n)",
+                            elem_id="imagine-n",
+                        )  # fmt: skip
+                        img_guidance = gr.Slider(
+                            0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5,
+                            label="Guidance scale (0 = off)", elem_id="imagine-guidance",
+                        )  # fmt: skip
+                        img_seed = gr.Number(
+                            value=DEFAULT_SEED, precision=0, label="Seed (same seed, same pictures)",
+                            elem_id="imagine-seed",
+                        )  # fmt: skip
+                        img_button = gr.Button("Generate", variant="primary", elem_id="imagine-button")
+                    with gr.Column(scale=2):
+                        # PNG: the default WebP would blur the enlarged pixels.
+                        img_gallery = gr.Gallery(
+                            label="Pictures, best first", columns=4, object_fit="contain", format="png",
+                            interactive=False, elem_id="imagine-gallery",
+                        )  # fmt: skip
+                        img_status = gr.Markdown(elem_id="imagine-status")
+                gr.Examples([[prompt] for prompt in world_prompts()], [img_prompt], label="Examples")
+                img_inputs = [img_prompt, img_n, img_guidance, img_seed]
+                img_outputs = [img_gallery, img_status]
+                # Unprocessed, so an out-of-range or missing number gets the backend's message in the status
+                # line rather than Gradio's own range error.
+                img_button.click(
+                    backend.imagine, img_inputs, img_outputs, api_name="imagine", preprocess=False
+                )
+                img_prompt.submit(backend.imagine, img_inputs, img_outputs, api_name=False, preprocess=False)
     return demo
 
 
