@@ -85,8 +85,39 @@ def test_gumbel_quantizer_takes_the_argmax_and_looks_up_its_row():
     assert out.quantized[0, :, 0, 1].tolist() == [0.0, 10.0]
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model = ImageTokenizer(tiny_config())
+def test_fsq_codes_are_mixed_radix_digits_of_the_rounded_latents():
+    # levels (3, 5): channel 0 rounds to 3 values, channel 1 to 5; code = digit0 + 3 * digit1.
+    model = ImageTokenizer(
+        tiny_config(quantizer="fsq", fsq_levels=(3, 5), embed_dim=2, codebook_size=15)
+    ).eval()
+    big = 50.0  # saturates the tanh bound: the digit is the lowest or the highest level
+    latents = torch.tensor([[-big, -big], [big, -big], [-big, big], [big, big], [0.0, 0.0]]).t()
+    out = model.quantize(latents.reshape(1, 2, 1, 5))
+    # digits: (0,0)=0, (2,0)=2, (0,4)=12, (2,4)=14, middle (1,2) = 1 + 3*2 = 7
+    assert out.codes.tolist() == [[[0, 2, 12, 14, 7]]]
+    assert torch.equal(out.quantized, model.quantize.lookup(out.codes))
+    assert out.quantized[0, :, 0, 3].tolist() == [1.0, 1.0] and out.quantized[0, :, 0, 4].tolist() == [
+        0.0,
+        0.0,
+    ]
+    # Every code is one point of the grid and maps back to itself.
+    every = torch.arange(15).view(1, 3, 5)
+    assert torch.equal(model.quantize.codes(model.quantize.lookup(every)), every)
+
+
+def test_fsq_config_is_checked():
+    with pytest.raises(ImageTokenizerError, match="embed_dim must be len"):
+        tiny_config(quantizer="fsq", fsq_levels=(8, 8, 8), embed_dim=4, codebook_size=512)
+    with pytest.raises(ImageTokenizerError, match="codebook_size their product 512"):
+        tiny_config(quantizer="fsq", fsq_levels=(8, 8, 8), embed_dim=3, codebook_size=64)
+    with pytest.raises(ImageTokenizerError, match="fsq_levels must be integers >= 2"):
+        tiny_config(quantizer="fsq", fsq_levels=(1, 8), embed_dim=2, codebook_size=8)
+
+
+@pytest.mark.parametrize("quantizer", ["ema", "fsq"])
+def test_save_and_load_round_trip(tmp_path, quantizer):
+    fsq = {"embed_dim": 3, "codebook_size": 64, "fsq_levels": (4, 4, 4)} if quantizer == "fsq" else {}
+    model = ImageTokenizer(tiny_config(quantizer=quantizer, **fsq))
     model.train()
     model(world_batch(8, 32))
     model.eval()
@@ -325,10 +356,11 @@ def test_metrics_on_hand_computed_cases():
     assert used == pytest.approx(2 / 8) and perplexity == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("quantizer", ["ema", "gumbel"])
+@pytest.mark.parametrize("quantizer", ["ema", "gumbel", "fsq"])
 def test_twenty_steps_on_world_images_lower_the_reconstruction_loss(quantizer):
     torch.manual_seed(0)
-    model = ImageTokenizer(tiny_config(quantizer=quantizer))
+    fsq = {"embed_dim": 3, "codebook_size": 64, "fsq_levels": (4, 4, 4)} if quantizer == "fsq" else {}
+    model = ImageTokenizer(tiny_config(quantizer=quantizer, **fsq))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     images = world_batch(8, 32)
     held_out = world_batch(8, 32, "val")

@@ -20,13 +20,19 @@ Codes for a whole collection: `extract_codes(tokenizer, [(image_id, image), ...]
 from ofa.tokenization.image.codes import ImageCodes, extract_codes, image_to_unit_tensor, read_codes
 from ofa.tokenization.image.configuration import ImageTokenizerConfig, ImageTokenizerError
 from ofa.tokenization.image.modeling import IMAGE_TOKENIZER_DIR, ImageTokenizer, ImageTokenizerOutput
-from ofa.tokenization.image.quantizers import EMAVectorQuantizer, GumbelQuantizer, QuantizerOutput
+from ofa.tokenization.image.quantizers import (
+    EMAVectorQuantizer,
+    FiniteScalarQuantizer,
+    GumbelQuantizer,
+    QuantizerOutput,
+)
 from ofa.tokenization.image.taming import config_from_taming_yaml, load_taming, load_taming_state
 from ofa.tokenization.image.training import VQLossConfig, codebook_usage, psnr, train_step, vq_loss
 
 __all__ = [
     "IMAGE_TOKENIZER_DIR",
     "EMAVectorQuantizer",
+    "FiniteScalarQuantizer",
     "GumbelQuantizer",
     "ImageCodes",
     "ImageTokenizer",

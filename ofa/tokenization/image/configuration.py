@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-QUANTIZERS = ("ema", "gumbel")
+QUANTIZERS = ("ema", "gumbel", "fsq")
 # Taming normalises with GroupNorm(32 groups), so every feature width must be a multiple of 32.
 NORM_GROUPS = 32
 
@@ -32,6 +33,10 @@ class ImageTokenizerConfig:
     * ``"ema"``: nearest-neighbour vector quantization with an EMA codebook (`ema_decay`), a commitment loss
       (`commitment_weight`), k-means initialisation and restarts of codes whose EMA usage falls below
       `dead_code_threshold` (``vector-quantize-pytorch``).
+    * ``"fsq"``: finite scalar quantization (Mentzer et al., 2023, ``vector-quantize-pytorch``'s `FSQ`):
+      latent channel i is bounded and rounded to `fsq_levels[i]` values and the code is the mixed-radix
+      number of those digits, so `embed_dim` = len(fsq_levels) and `codebook_size` = their product. There is
+      no codebook to learn and so none to collapse: on world scenes the EMA codebook lost the object colours.
     """
 
     resolution: int = 64
@@ -55,10 +60,13 @@ class ImageTokenizerConfig:
     kl_weight: float = 5e-4
     temperature: float = 1.0
     straight_through: bool = True
+    # "fsq" quantizer
+    fsq_levels: tuple[int, ...] = (8, 8, 8)
 
     def __post_init__(self) -> None:
         self.channel_multipliers = tuple(int(m) for m in self.channel_multipliers)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        self.fsq_levels = tuple(int(n) for n in self.fsq_levels)
         if self.quantizer not in QUANTIZERS:
             raise ImageTokenizerError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         positive = ("resolution", "in_channels", "out_channels", "channels", "num_res_blocks", "z_channels")
@@ -80,6 +88,14 @@ class ImageTokenizerConfig:
             raise ImageTokenizerError(
                 f"resolution {self.resolution} is not a multiple of the downsampling factor {self.factor}"
             )
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or min(self.fsq_levels) < 2:
+                raise ImageTokenizerError(f"fsq_levels must be integers >= 2, got {list(self.fsq_levels)}")
+            if self.embed_dim != len(self.fsq_levels) or self.codebook_size != math.prod(self.fsq_levels):
+                raise ImageTokenizerError(
+                    f"fsq: embed_dim must be len(fsq_levels) = {len(self.fsq_levels)} and codebook_size their "
+                    f"product {math.prod(self.fsq_levels)}, got {self.embed_dim} and {self.codebook_size}"
+                )
         if not 0.0 < self.ema_decay < 1.0:
             raise ImageTokenizerError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
@@ -120,6 +136,7 @@ class ImageTokenizerConfig:
         values = dataclasses.asdict(self)
         values["channel_multipliers"] = list(self.channel_multipliers)
         values["attn_resolutions"] = list(self.attn_resolutions)
+        values["fsq_levels"] = list(self.fsq_levels)
         return values
 
     @classmethod

@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from ofa.convert.checkpoints import read_json_object
 from ofa.tokenization.image.configuration import ImageTokenizerConfig, ImageTokenizerError
 from ofa.tokenization.image.modules import Decoder, Encoder
-from ofa.tokenization.image.quantizers import EMAVectorQuantizer, GumbelQuantizer, QuantizerOutput
+from ofa.tokenization.image.quantizers import (
+    EMAVectorQuantizer,
+    FiniteScalarQuantizer,
+    GumbelQuantizer,
+    QuantizerOutput,
+)
 
 MODEL_FORMAT = "ofa-image-tokenizer"
 FORMAT_VERSION = 1
@@ -58,8 +63,10 @@ class ImageTokenizer(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
-        self.quantize: GumbelQuantizer | EMAVectorQuantizer
-        if config.quantizer == "gumbel":
+        self.quantize: GumbelQuantizer | EMAVectorQuantizer | FiniteScalarQuantizer
+        if config.quantizer == "fsq":
+            self.quantize = FiniteScalarQuantizer(config.fsq_levels)
+        elif config.quantizer == "gumbel":
             self.quantize = GumbelQuantizer(
                 config.embed_dim,
                 config.codebook_size,

@@ -125,3 +125,32 @@ class EMAVectorQuantizer(nn.Module):
         quantized = self.lookup(codes).to(latents.dtype)
         loss = self.commitment_weight * F.mse_loss(latents, quantized)
         return QuantizerOutput(quantized, codes, loss)
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ: `len(levels)` latent channels, each bounded and rounded to `levels[i]` values (straight-through).
+
+    The code of a cell is the mixed-radix number of its digits, in [0, prod(levels)); `codebook` is the
+    implicit grid of all digit vectors. Runs ``vector_quantize_pytorch.FSQ``; no loss term, nothing learnt.
+    """
+
+    def __init__(self, levels: tuple[int, ...]) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import FSQ
+
+        self.codebook_size = math.prod(levels)
+        self.fsq = FSQ(levels=list(levels))
+
+    @property
+    def codebook(self) -> Tensor:
+        return self.fsq.implicit_codebook
+
+    def codes(self, latents: Tensor) -> Tensor:
+        return self.fsq(latents.float())[1].long()
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        return self.fsq.indices_to_codes(codes)
+
+    def forward(self, latents: Tensor) -> QuantizerOutput:
+        quantized, codes = self.fsq(latents.float())
+        return QuantizerOutput(quantized.to(latents.dtype), codes.long(), latents.new_zeros(()))
