@@ -328,6 +328,11 @@ class OFA:
         return results if many else results[0]
 
     @property
+    def has_image_tokenizer(self) -> bool:
+        """Whether text-to-image has an image tokenizer (a folder or object; a folder is not loaded here)."""
+        return self._image_tokenizer is not None
+
+    @property
     def image_tokenizer(self) -> ImageTokenizer:
         """The image tokenizer of text-to-image (loaded on first use); InputError when there is none."""
         if self._image_tokenizer is None:

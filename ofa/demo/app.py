@@ -256,7 +256,7 @@ class DemoBackend:
         """Whether the model has an image tokenizer, which text-to-image needs. Only its presence is checked
         (``OFA`` loads it on the first picture), so a broken one becomes a message on Generate, not a failed
         start."""
-        return getattr(self.model, "_image_tokenizer", None) is not None
+        return self.model.has_image_tokenizer
 
     def caption(self, image: str | Path | Image.Image | None, lang: str) -> tuple[str, float | None, str]:
         """(caption, score, status) for an image file or PIL image, in ``lang`` (``en`` or ``zh``)."""
