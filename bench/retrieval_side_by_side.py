@@ -167,7 +167,7 @@ def load_unified(path: Path, device: str) -> Unified:
     return Unified(path, ofa, recipe, image_size, params, sum(tables.values()))
 
 
-def unified_train_seconds(unified: Unified, given: float | None) -> tuple[str, float | None]:
+def unified_train_seconds(unified: Unified, given: float | None, steps: int) -> tuple[str, float | None]:
     """(label, seconds): `--unified-seconds`, else an estimate from the run's metrics.csv, else n/a."""
     if given is not None:
         return f"{given:.0f}", given
@@ -181,7 +181,7 @@ def unified_train_seconds(unified: Unified, given: float | None) -> tuple[str, f
                     step_times.append(batch / float(rate))
     if not step_times:
         return "n/a", None
-    seconds = sum(step_times) / len(step_times) * unified.recipe.train.max_steps
+    seconds = sum(step_times) / len(step_times) * steps
     return f"~{seconds:.0f}", seconds
 
 
@@ -505,9 +505,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/retrieval-side-by-side"))
     parser.add_argument("--skip-train", action="store_true", help="evaluate the (b) saved under --out")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="(b)'s steps (default: (a)'s train.max_steps)"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="(b)'s steps (default: (a)'s steps)")
     parser.add_argument("--gallery-size", type=int, default=1000)
     parser.add_argument("--lang", choices=("zh", "en"), default="zh")
     parser.add_argument("--match", choices=("total", "non-embedding"), default="total")
@@ -523,6 +521,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--unified-seconds", type=float, default=None, help="(a)'s training time, if known")
+    parser.add_argument(
+        "--unified-steps",
+        type=int,
+        default=None,
+        help="(a)'s trained steps when it was exported from an intermediate step=N.ckpt "
+        "(default: its recipe's train.max_steps, right for a run's final/)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     for name in ("steps", "gallery_size", "width", "vision_layers", "text_layers", "patch_size", "threads"):
@@ -573,7 +578,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print_sizes(unified, config, target, args.match)
         torch.manual_seed(recipe.train.seed)
         model = build_open_clip_model(config, pad_token_id=tokenizer.pad_id).to(args.device)
-        steps = args.steps or recipe.train.max_steps
+        steps = args.steps or args.unified_steps or recipe.train.max_steps
         folder.mkdir(parents=True, exist_ok=True)
         info = train_dual_encoder(
             model, tokenizer, unified, steps, args.device, folder / "train_log.jsonl", args.log_every
@@ -601,15 +606,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dual_metrics = score(*embed_dual(wrapper, unified, images, texts, args.batch_size), captions)
     dual_eval = time.perf_counter() - start
 
-    seconds_label, seconds = unified_train_seconds(unified, args.unified_seconds)
+    unified_steps = args.unified_steps or recipe.train.max_steps
+    seconds_label, seconds = unified_train_seconds(unified, args.unified_seconds, unified_steps)
     dual_params = sum(p.numel() for p in model.parameters())
     rows = [
         {
             "name": "unified (a)",
             "params": unified.params,
             "params_label": f"{unified.params / 1e6:.2f}M",
-            "steps": recipe.train.max_steps,
-            "steps_label": str(recipe.train.max_steps),
+            "steps": unified_steps,
+            "steps_label": str(unified_steps),
             "train_seconds": seconds,
             "seconds_label": seconds_label,
             "eval_seconds": round(unified_eval, 1),
