@@ -48,8 +48,8 @@ def build(device: torch.device) -> tuple[OFAModel, TextToImageTask]:
         **WORLD_MODEL,
     )
     model = OFAModel(config).to(device).eval()
-    # A random codebook (k-means initialisation would leave it empty until trained).
-    image_tokenizer = ImageTokenizer(ImageTokenizerConfig.world(kmeans_init=False)).to(device).eval()
+    # Random weights: the timing does not depend on them (FSQ has no codebook to initialise).
+    image_tokenizer = ImageTokenizer(ImageTokenizerConfig.world()).to(device).eval()
     return model, TextToImageTask(tokenizer, image_tokenizer=image_tokenizer)
 
 

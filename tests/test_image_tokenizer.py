@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from ofa.data.world import World
@@ -44,6 +45,8 @@ def world_batch(n: int, size: int, split: str = "train") -> torch.Tensor:
 # ------------------------------------------------------------------------------------ shapes and ranges
 def test_world_tokenizer_matches_the_world_vocabulary_and_size_budget():
     config = ImageTokenizerConfig.world()
+    recipe = yaml.safe_load((REPO / "tasks/world/vq.yaml").read_text())["model"]
+    assert ImageTokenizerConfig.from_dict(recipe) == config  # the recipe trains this architecture
     world_vocab = json.loads((REPO / "tokenizers/world/ofa_tokenizer.json").read_text())
     assert config.codebook_size == world_vocab["num_codes"] == 512
     model = ImageTokenizer(config)

@@ -27,7 +27,8 @@ TINY = [  # 16 px -> 8x8 codes of 16, a few seconds on one CPU thread
     "model.channel_multipliers=[1,2]",
     "model.attn_resolutions=[]",
     "model.codebook_size=16",
-    "model.kmeans_init=false",
+    "model.fsq_levels=[4,4]",  # the recipe's quantizer (fsq): 4 x 4 = 16 codes in 2 latent channels
+    "model.embed_dim=2",
     "data.val_images=4",
     "train.steps=3",
     "train.batch_size=2",

@@ -10,7 +10,7 @@ One interface for OFA's official tokenizer (taming's Gumbel f8 VQGAN, 8192 codes
     images = tokenizer.decode(codes)      # -> (B, 3, S, S) in [0, 1]
     tokenizer.grid(256), tokenizer.codebook_size                      # 32, 8192 for the official one
 
-    world = ImageTokenizer(ImageTokenizerConfig.world())              # 64 px -> 8x8 codes, 512-entry EMA codebook
+    world = ImageTokenizer(ImageTokenizerConfig.world())              # 64 px -> 8x8 codes, 512 FSQ codes
 
 Codes for a whole collection: `extract_codes(tokenizer, [(image_id, image), ...], "codes.safetensors")` and
 `read_codes(path)`. Training: `train_step` with `VQLossConfig` (see `ofa/training/image_tokenizer.py`,

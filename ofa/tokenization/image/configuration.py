@@ -111,8 +111,10 @@ class ImageTokenizerConfig:
 
     @classmethod
     def world(cls, **overrides: Any) -> ImageTokenizerConfig:
-        """The small tokenizer of the synthetic world: 64 px -> 8x8 codes from a 512-entry EMA codebook."""
-        return cls(**overrides)
+        """The small tokenizer of the synthetic world (tasks/world/vq.yaml): 64 px -> 8x8 codes, FSQ 8x8x8."""
+        values: dict[str, Any] = dict(quantizer="fsq", embed_dim=3, fsq_levels=(8, 8, 8), codebook_size=512)
+        values.update(overrides)
+        return cls(**values)
 
     @classmethod
     def official_gumbel_f8(cls, **overrides: Any) -> ImageTokenizerConfig:
