@@ -1,12 +1,14 @@
 """Text-to-image speed: seconds per picture at batch 1 and batch 16, with and without the decoder's KV cache.
 
-A random-weight model of the world recipe's size (tasks/world/tiny.yaml: d_model 192, 2+2 layers, 8x8 code
+`--checkpoint DIR` times a trained checkpoint (with its `image_tokenizer/`); by default a random-weight model of
+the world recipe's size (tasks/world/tiny.yaml: d_model 192, 2+2 layers, 8x8 code
 grid) with the world tokenizer and a random world image tokenizer (64 px, 512 codes). Each picture is
 sampled with classifier-free guidance (so the decoder runs twice the rows) for exactly 64 code steps, then
 decoded by the image tokenizer. Settings run interleaved round by round, so ratios hold on a shared machine.
 
     python bench/bench_imagine.py                      # batches 1 and 16, 2 rounds
     python bench/bench_imagine.py --rounds 1 --json m.json
+    python bench/bench_imagine.py --checkpoint checkpoints/ofa-world-tiny
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ WORLD_MODEL = {
 PROMPTS = ["a red circle left of a blue star", "two small green squares", "一个大的黄色六边形"]
 
 
-def build(device: torch.device) -> tuple[OFAModel, TextToImageTask]:
+def build(device: torch.device, checkpoint: Path | None = None) -> tuple[OFAModel, TextToImageTask]:
+    if checkpoint is not None:  # a trained checkpoint with its image_tokenizer/ folder
+        from ofa.evaluation.harness import checkpoint_image_tokenizer
+
+        model = OFAModel.from_pretrained(checkpoint, device=device).eval()
+        image_tokenizer = checkpoint_image_tokenizer(checkpoint, str(device))
+        return model, TextToImageTask(
+            OFATokenizer.from_pretrained(checkpoint), image_tokenizer=image_tokenizer
+        )
     tokenizer = OFATokenizer.from_pretrained(REPO / "tokenizers" / "world")
     torch.manual_seed(0)
     config = OFAConfig(
@@ -86,7 +96,7 @@ def time_batch(model, task, batch: int, use_cache: bool, guidance: float, seed: 
 
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    model, task = build(device)
+    model, task = build(device, args.checkpoint)
     settings = [(b, cache) for b in args.batches for cache in (True, False)]
     time_batch(model, task, 2, True, args.guidance, 0)  # warm-up
     times: dict[tuple[int, bool], list[tuple[float, float]]] = {s: [] for s in settings}
@@ -113,11 +123,18 @@ def main() -> None:
         "--guidance", type=float, default=3.0, help="guidance scale (0: no unconditional rows)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="time this checkpoint (default: a random world-size model)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     rows = run(args)
     print(
-        f"text-to-image, world-size random model, 8x8 codes, guidance {args.guidance}; {args.device}, "
+        f"text-to-image, {args.checkpoint or 'world-size random model'}, 8x8 codes, guidance {args.guidance}; "
+        f"{args.device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     print(
