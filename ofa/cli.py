@@ -268,6 +268,34 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_extract_codes(args: argparse.Namespace) -> int:
+    """Encode every distinct image of a caption data file once with an image tokenizer and write the codes
+    (safetensors, keyed by image id) for `data.task_options.text_to_image.codes`: training then reads its
+    targets instead of re-encoding each image every epoch.
+    """
+    import time
+
+    from ofa.tokenization.image import ImageTokenizer, extract_file_codes, read_codes
+
+    tokenizer = ImageTokenizer.from_pretrained(args.image_tokenizer, device=args.device)
+    start = time.perf_counter()
+    count = extract_file_codes(
+        tokenizer, args.data, args.output, fmt=args.format, lang=args.lang, batch_size=args.batch_size
+    )
+    codes = read_codes(args.output)
+    summary = {
+        "output": str(args.output), "images": count, "grid": list(codes.grid),
+        "codebook_size": codes.codebook_size, "image_size": codes.image_size,
+        "seconds": round(time.perf_counter() - start, 2),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        h, w = codes.grid
+        print(f"wrote {args.output} ({count} images, {h}x{w} codes each, {summary['seconds']} s)")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Caption and ground --n world scenes (English and Chinese) with a checkpoint; print a table and write
     OUT/report.html (one self-contained file). Retrieval and text-to-image run when the checkpoint has them.
@@ -402,6 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, e.g. train.max_steps=30"
     )
+
+    p = add("extract-codes", cmd_extract_codes, "encode a data file's images once into image codes")
+    p.epilog = (
+        "example: ofa extract-codes data/coco/captions_train.json --image-tokenizer tokenizers/world-vq "
+        "-o data/coco/codes.safetensors"
+    )
+    p.add_argument(
+        "data", help="a caption data file: COCO caption .json, {split}_imgs.tsv, pairs .jsonl/.csv"
+    )
+    p.add_argument(
+        "--format", choices=["coco_captions", "cnclip", "pairs_jsonl", "pairs_csv"],
+        help="data format (default: told from the file name)",
+    )  # fmt: skip
+    p.add_argument("--image-tokenizer", required=True, metavar="DIR", help="image tokenizer folder")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="where to write the codes (.safetensors)"
+    )
+    p.add_argument("--lang", default="en", choices=["en", "zh"], help="the captions' language (default: en)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default: 32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
     p = add("export", cmd_export, "export a training checkpoint (step=N.ckpt) as a model folder")
     p.add_argument("checkpoint", help="e.g. runs/world-tiny/checkpoints/step=002000.ckpt")

@@ -8,7 +8,8 @@ Formats (``fmt``; told from the file name when omitted, see `detect_format`) and
 
 * ``coco_captions`` (``.json``), COCO caption style: ``{"images": [{"id", "file_name"}], "annotations":
   [{"image_id", "caption"}]}``; ``file_name`` relative to the JSON file's folder. caption: one sample per image
-  with all its captions; retrieval: one (image, caption) pair per caption.
+  with all its captions; retrieval: one (image, caption) pair per caption; text_to_image: one (caption, image)
+  sample per caption whose ``id`` is the image's id (the key of its codes in `ofa extract-codes` files).
 * ``refs_jsonl`` (``.jsonl``), RefCOCO style: one ``{"image", "text", "box": [x0, y0, x1, y1], "lang"?, "id"?}``
   per line; ``image`` relative to the file's folder, ``box`` in pixels. Records of another ``lang`` are skipped.
   grounding.
@@ -16,9 +17,9 @@ Formats (``fmt``; told from the file name when omitted, see `detect_format`) and
   <TAB>base64 image`` (the official reader takes columns 0, 4, 2, 3; either base64 alphabet). grounding.
 * ``cnclip`` (``{split}_imgs.tsv`` + ``{split}_texts.jsonl``), Chinese-CLIP
   (`ofa.data.retrieval_formats.ChineseCLIPReader`). caption: one sample per image with texts;
-  retrieval: one pair per (image, text).
+  retrieval, text_to_image: one per (image, text).
 * ``pairs_jsonl`` / ``pairs_csv``: (image path, text) rows (`ofa.data.retrieval_formats.PairsReader`);
-  consecutive rows of one image are one caption sample. caption, retrieval.
+  consecutive rows of one image are one caption sample. caption, retrieval, text_to_image.
 
 Only ``refs_jsonl`` records carry a language; every other sample gets the ``lang`` it is opened with. Webdataset
 shards stream without random access: convert them to ``cnclip`` first (`convert_retrieval_dataset`).
@@ -48,6 +49,7 @@ TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "caption": ("coco_captions", "cnclip", "pairs_jsonl", "pairs_csv"),
     "grounding": ("refs_jsonl", "ofa_tsv"),
     "retrieval": ("cnclip", "pairs_jsonl", "pairs_csv", "coco_captions"),
+    "text_to_image": ("coco_captions", "cnclip", "pairs_jsonl", "pairs_csv"),
 }
 _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
@@ -135,6 +137,10 @@ class SampleFile(Sequence):
     def _sample(self, entry: Any) -> dict[str, Any]:
         return dict(entry)  # a copy: callers may modify what they get
 
+    def sample_id(self, index: int) -> Any:
+        """The ``id`` of sample `index`, without reading its image."""
+        return self._entries[index]["id"]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, task={self.task!r}, lang={self.lang!r}, n={len(self)})"
 
@@ -150,6 +156,14 @@ def _check_image_files(samples: list[dict[str, Any]], path: Path) -> None:
             checked.add(image)
 
 
+def _per_caption(pairs: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """Retrieval pairs (``id`` the caption's, ``image_id`` the image's) as `task` samples: text_to_image
+    keys each sample by its image (the id its precomputed codes are stored under); retrieval keeps them."""
+    if task != "text_to_image":
+        return pairs
+    return [{"image": p["image"], "text": p["text"], "lang": p["lang"], "id": p["image_id"]} for p in pairs]
+
+
 class CocoCaptionFile(SampleFile):
     format = "coco_captions"
 
@@ -159,12 +173,13 @@ class CocoCaptionFile(SampleFile):
         _check_image_files(images, self.path)
         if task == "caption":
             self._entries = images
-        else:  # retrieval: one pair per caption
-            self._entries = [
+        else:  # retrieval, text_to_image: one pair per caption
+            pairs = [
                 {"image": s["image"], "text": text, "lang": lang, "id": f"{s['id']}/{k}", "image_id": s["id"]}
                 for s in images
                 for k, text in enumerate(s["captions"])
             ]
+            self._entries = _per_caption(pairs, task)
 
 
 class RefsJsonlFile(SampleFile):
@@ -258,6 +273,9 @@ class OFAGroundingTSV(SampleFile):
             "image_id": image_id,
         }
 
+    def sample_id(self, index: int) -> Any:
+        return self._entries[index][2]
+
     def __getstate__(self) -> dict[str, Any]:
         # open files do not cross process boundaries (DataLoader workers); each process reopens
         return {**self.__dict__, "_handle": None, "_handle_pid": -1}
@@ -279,12 +297,17 @@ class ChineseCLIPFile(SampleFile):
         for _, text_id, text, image_ids in reader.text_records():
             for image_id in image_ids:
                 texts[str(image_id)].append((text_id, text))
-        for position, image_id in enumerate(reader.image_ids):  # builds the offset index, checks the pairing
+        self._image_ids = reader.image_ids  # builds the offset index, checks the pairing
+        for position, image_id in enumerate(self._image_ids):
             pairs = texts.get(str(image_id), [])
             if task == "caption" and pairs:
                 self._entries.append((position, None))
-            elif task == "retrieval":
+            elif task in ("retrieval", "text_to_image"):
                 self._entries.extend((position, pair) for pair in pairs)
+
+    def sample_id(self, index: int) -> Any:
+        position, pair = self._entries[index]
+        return self._image_ids[position] if pair is None or self.task == "text_to_image" else pair[0]
 
     def _sample(self, entry: Any) -> dict[str, Any]:
         position, pair = entry
@@ -293,6 +316,8 @@ class ChineseCLIPFile(SampleFile):
         if pair is None:
             return {**base, "captions": list(record["texts"]), "id": record["image_id"]}
         text_id, text = pair
+        if self.task == "text_to_image":  # keyed by the image, like its precomputed codes
+            return {**base, "text": text, "id": record["image_id"]}
         return {**base, "text": text, "id": text_id, "image_id": record["image_id"]}
 
 
@@ -327,11 +352,12 @@ class PairsFile(SampleFile):
                 self._entries.append(
                     {"image": group["image"], "captions": captions, "lang": lang, "id": group["id"]}
                 )
-            elif task == "retrieval":
-                self._entries.extend(
+            elif task in ("retrieval", "text_to_image"):
+                pairs = [
                     {"image": group["image"], "text": t, "lang": lang, "id": i, "image_id": group["id"]}
                     for i, t in group["texts"]
-                )
+                ]
+                self._entries.extend(_per_caption(pairs, task))
         _check_image_files(self._entries, self.path)
 
 

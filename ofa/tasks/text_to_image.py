@@ -3,7 +3,10 @@
 Sample: ``{"text": "a red circle left of a blue star", "lang": "en" | "zh", "id": any}`` plus, for a
 training target, either ``"codes"`` (a precomputed (grid, grid) or (grid * grid,) integer array from
 :func:`ofa.tokenization.image.extract_codes`) or ``"image"`` (encoded on the fly by the task's image
-tokenizer). Source = the official prompt with the caption; target = the code grid flattened row-major as
+tokenizer). With a codes file (``codes=``, written by `ofa extract-codes`; recipe key
+`data.task_options.text_to_image.codes`) a sample without ``"codes"`` takes those stored under its ``id``
+(the image's id: caption data files give one sample per caption, keyed by its image) and its image is never
+encoded. Source = the official prompt with the caption; target = the code grid flattened row-major as
 ``<code_k>`` ids, then eos, decoded in image-code mode. While training the caption is dropped (replaced by
 the empty string inside the same prompt frame) with probability ``caption_dropout``, which teaches the model
 the unconditional distribution that classifier-free guidance needs. Decoding samples only code tokens, for
@@ -26,7 +29,7 @@ from ofa.tokenization import OFATokenizer
 from .base import Example, Task, TaskError, clean_text, register_task
 
 if TYPE_CHECKING:
-    from ofa.tokenization.image import ImageTokenizer
+    from ofa.tokenization.image import ImageCodes, ImageTokenizer
 
 
 @register_task
@@ -36,7 +39,7 @@ class TextToImageTask(Task):
     ``image_tokenizer`` encodes sample images without precomputed codes and turns generated codes back into
     pictures; ``code_grid`` (codes per side) defaults to the image tokenizer's grid at its resolution and must
     equal the model's ``OFAConfig.code_grid``. ``caption_dropout`` is the training probability of an empty
-    caption.
+    caption. ``codes`` (`ofa.tokenization.image.read_codes`) are the targets of samples by image id.
     """
 
     name = "text_to_image"
@@ -55,6 +58,7 @@ class TextToImageTask(Task):
         image_tokenizer: ImageTokenizer | None = None,
         code_grid: int | None = None,
         caption_dropout: float = 0.1,
+        codes: ImageCodes | None = None,
     ) -> None:
         super().__init__(tokenizer, image_size, max_source_length, max_target_length, search)
         if not 0.0 <= caption_dropout <= 1.0:
@@ -72,6 +76,52 @@ class TextToImageTask(Task):
         if code_grid is not None and code_grid < 1:
             raise TaskError(f"text_to_image: code_grid must be positive, got {code_grid}")
         self._code_grid = code_grid
+        self.codes: ImageCodes | None = None
+        self._code_rows: dict[str, int] = {}
+        if codes is not None:
+            self.use_codes(codes)
+
+    def use_codes(self, codes: ImageCodes) -> None:
+        """Take training targets from precomputed codes (by image id) of this task's grid and codebook.
+
+        The codebook must be the image tokenizer's (what turns generated codes into pictures) and the grid
+        the task's; a file extracted by another tokenizer with the same shapes cannot be told apart.
+        """
+        where = f"codes file {codes.path or '(in memory)'}"
+        side = self.code_grid
+        if codes.grid != (side, side):
+            h, w = codes.grid
+            raise TaskError(f"{where}: its code grid is {h}x{w} but the task's is {side}x{side}")
+        if codes.codebook_size != self.num_codes:
+            owner = "image tokenizer" if self.image_tokenizer is not None else "vocabulary"
+            raise TaskError(
+                f"{where}: its codes come from a codebook of {codes.codebook_size} but the task's {owner} "
+                f"has {self.num_codes}"
+            )
+        if self.image_tokenizer is not None and codes.image_size != side * self.image_tokenizer.factor:
+            raise TaskError(
+                f"{where}: extracted from {codes.image_size} px images, the image tokenizer encodes "
+                f"{side * self.image_tokenizer.factor} px for a {side}x{side} grid"
+            )
+        rows = {str(image_id): row for row, image_id in enumerate(codes.ids)}
+        self.codes, self._code_rows = codes, rows
+
+    def has_codes(self, image_id: Any) -> bool:
+        """Whether the codes file holds the codes of this image id."""
+        return str(image_id) in self._code_rows
+
+    def stored_codes(self, image_id: Any) -> Tensor:
+        """The precomputed (grid, grid) codes of an image id; TaskError naming the id and file if absent."""
+        if self.codes is None:
+            raise TaskError("text_to_image: no codes file to look image ids up in")
+        row = self._code_rows.get(str(image_id))
+        if row is None:
+            source = self.codes.path or "(in memory)"
+            raise TaskError(
+                f"text_to_image: image id {image_id!r} is not in the codes file {source} "
+                "(extract the codes of this data file with `ofa extract-codes`)"
+            )
+        return self._check_codes(self.codes.codes[row], f"text_to_image: image {image_id!r}")
 
     # ---- shape of the output
     @property
@@ -107,6 +157,8 @@ class TextToImageTask(Task):
         target = [self.tokenizer.eos_id]
         if sample.get("codes") is not None:
             target = self.codes_to_ids(self._check_codes(sample["codes"], where)) + target
+        elif self.codes is not None:
+            target = self.codes_to_ids(self.stored_codes(sample.get("id"))) + target
         elif sample.get("image") is not None:
             target = self.codes_to_ids(self.encode_image(sample["image"], where)) + target
         elif train:

@@ -83,6 +83,35 @@ def load_recipe_image_tokenizer(recipe: Recipe, path: Path, key: str) -> Any:
         raise RecipeError(f"{recipe.source}: {key}: {err}") from None
 
 
+def load_recipe_codes(recipe: Recipe, task: Any, value: Any, key: str) -> None:
+    """Give `task` the precomputed codes file `value` (`ofa extract-codes`); errors name the recipe key."""
+    from ofa.tasks import TaskError
+    from ofa.tokenization.image import ImageTokenizerError, read_codes
+
+    try:
+        task.use_codes(read_codes(resolve_path(str(value))))
+    except (ImageTokenizerError, TaskError) as err:
+        raise RecipeError(f"{recipe.source}: {key}: {err}") from None
+
+
+def check_stored_codes(recipe: Recipe, tasks: dict[str, Task], sources: list[SampleFile]) -> None:
+    """Every image a `text_to_image` data file trains on must be in the codes file: fail before step 0."""
+    task = tasks.get("text_to_image")
+    if task is None or getattr(task, "codes", None) is None:
+        return
+    for i, (comp, samples) in enumerate(zip(recipe.data.mixture, sources)):
+        if comp.task != "text_to_image":
+            continue
+        ids = {samples.sample_id(j): None for j in range(comp.size or len(samples))}
+        missing = [image_id for image_id in ids if not task.has_codes(image_id)]
+        if missing:
+            raise RecipeError(
+                f"{recipe.source}: data.task_options.text_to_image.codes: image id {missing[0]!r} of "
+                f"data.mixture.{i}.path ({samples.path}) is not in {task.codes.path} ({len(missing)} of its "
+                f"{len(ids)} images are missing); extract that file's codes with `ofa extract-codes`"
+            )
+
+
 def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = False) -> dict[str, Task]:
     """One task object per task name in the mixture, with the recipe's `data.task_options` for it."""
     from ofa.tasks import TASKS, TaskError  # importing ofa.tasks registers every task module
@@ -98,6 +127,15 @@ def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = F
             options = recipe.data.task_options.get(comp.task) or {}
             if not isinstance(options, dict):
                 raise RecipeError(f"{recipe.source}: data.task_options.{comp.task} must be a mapping")
+            codes = options.get("codes") if comp.task == "text_to_image" else None
+            if codes is not None:  # read once the task knows its grid and codebook
+                options = {k: v for k, v in options.items() if k != "codes"}
+                if options.get("image_tokenizer") is None:
+                    raise RecipeError(
+                        f"{recipe.source}: data.task_options.text_to_image.image_tokenizer: a codes file "
+                        "still needs the image tokenizer it was extracted with (the export draws pictures "
+                        "with it)"
+                    )
             if options.get("image_tokenizer") is not None:
                 key = f"data.task_options.{comp.task}.image_tokenizer"
                 path = resolve_path(str(options["image_tokenizer"]))
@@ -115,6 +153,8 @@ def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = F
                 raise RecipeError(f"{recipe.source}: data.task_options.{comp.task}: {err}") from None
             except TaskError as err:
                 raise RecipeError(f"{recipe.source}: data.task_options.{comp.task}: {err}") from None
+            if codes is not None:
+                load_recipe_codes(recipe, tasks[comp.task], codes, "data.task_options.text_to_image.codes")
     return tasks
 
 
@@ -277,6 +317,7 @@ class MixtureDataModule(pl.LightningDataModule):
                 open_data_file(recipe, f"data.mixture.{i}", c, c.task, c.lang)
                 for i, c in enumerate(recipe.data.mixture)
             ]
+            check_stored_codes(recipe, self.tasks, sources)
         self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed, sources)
         self.pairs = None  # the contrastive pair stream of `data.retrieval`, if any
         pairs_section = recipe.data.retrieval
@@ -354,7 +395,9 @@ __all__ = [
     "MixtureDataset",
     "WindowCollate",
     "WindowSampler",
+    "check_stored_codes",
     "image_tokenizer_path",
+    "load_recipe_codes",
     "load_recipe_image_tokenizer",
     "make_tasks",
     "make_world",

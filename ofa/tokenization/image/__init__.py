@@ -13,11 +13,17 @@ One interface for OFA's official tokenizer (taming's Gumbel f8 VQGAN, 8192 codes
     world = ImageTokenizer(ImageTokenizerConfig.world())              # 64 px -> 8x8 codes, 512 FSQ codes
 
 Codes for a whole collection: `extract_codes(tokenizer, [(image_id, image), ...], "codes.safetensors")` and
-`read_codes(path)`. Training: `train_step` with `VQLossConfig` (see `ofa/training/image_tokenizer.py`,
+`read_codes(path)`; for every image of a caption data file, `extract_file_codes` (`ofa extract-codes`). Training: `train_step` with `VQLossConfig` (see `ofa/training/image_tokenizer.py`,
 `ofa train tasks/world/vq.yaml`).
 """
 
-from ofa.tokenization.image.codes import ImageCodes, extract_codes, image_to_unit_tensor, read_codes
+from ofa.tokenization.image.codes import (
+    ImageCodes,
+    extract_codes,
+    extract_file_codes,
+    image_to_unit_tensor,
+    read_codes,
+)
 from ofa.tokenization.image.configuration import ImageTokenizerConfig, ImageTokenizerError
 from ofa.tokenization.image.modeling import IMAGE_TOKENIZER_DIR, ImageTokenizer, ImageTokenizerOutput
 from ofa.tokenization.image.quantizers import (
@@ -44,6 +50,7 @@ __all__ = [
     "codebook_usage",
     "config_from_taming_yaml",
     "extract_codes",
+    "extract_file_codes",
     "image_to_unit_tensor",
     "load_taming",
     "load_taming_state",

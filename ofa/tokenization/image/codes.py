@@ -1,5 +1,8 @@
 """Offline code extraction: tokenize a whole image collection once and store the codes compactly.
 
+`extract_file_codes` (`ofa extract-codes`) does it for every distinct image of a caption data file, keyed by
+the image ids its `text_to_image` samples carry, so training reads targets instead of re-encoding each epoch.
+
 The file is safetensors: `codes` (N, h, w) uint16 and, for integer image ids, `ids` (N,) int64; string ids
 are kept as a JSON list in the header metadata. The metadata also records `codebook_size` and
 `image_size`, so a reader can check that the codes fit its vocabulary.
@@ -12,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +24,9 @@ from PIL import Image
 from ofa.data.images import ImageError, ImageLike, load_image
 from ofa.tokenization.image.configuration import ImageTokenizerError
 from ofa.tokenization.image.modeling import ImageTokenizer
+
+if TYPE_CHECKING:
+    from ofa.data.formats import SampleFile
 
 CODES_FORMAT = "ofa-image-codes"
 
@@ -48,6 +55,12 @@ class ImageCodes:
     codes: np.ndarray
     codebook_size: int
     image_size: int
+    path: Path | None = None  # the file it was read from, for messages
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w): codes per image side."""
+        return int(self.codes.shape[1]), int(self.codes.shape[2])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -149,4 +162,34 @@ def read_codes(path: str | Path) -> ImageCodes:
         raise ImageTokenizerError(f"{path}: not a readable image-codes file: {err}") from None
     if codes.dtype != np.uint16 or codes.ndim != 3 or len(ids) != codes.shape[0]:
         raise ImageTokenizerError(f"{path}: codes {codes.dtype} {codes.shape} do not match {len(ids)} ids")
-    return ImageCodes(ids, codes, int(metadata["codebook_size"]), int(metadata["image_size"]))
+    return ImageCodes(ids, codes, int(metadata["codebook_size"]), int(metadata["image_size"]), path)
+
+
+def _distinct_images(samples: SampleFile) -> Iterator[tuple[int | str, ImageLike]]:
+    """(image id, image) once per id, in file order; each image is read only when it is encoded."""
+    first: dict[Any, int] = {}
+    for index in range(len(samples)):
+        first.setdefault(samples.sample_id(index), index)
+    as_strings = not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in first)
+    for image_id, index in first.items():
+        yield (str(image_id) if as_strings else int(image_id)), samples[index]["image"]
+
+
+def extract_file_codes(
+    tokenizer: ImageTokenizer,
+    data: str | Path,
+    out_path: str | Path,
+    fmt: str | None = None,
+    lang: str = "en",
+    batch_size: int = 32,
+) -> int:
+    """Encode every distinct image of a caption data file once (`extract_codes`); return the image count.
+
+    The file is read as `text_to_image` samples (`ofa.data.formats`: coco_captions, cnclip, pairs_*), and each
+    image's codes are stored under the ``id`` those samples carry, which is how training finds them
+    (`data.task_options.text_to_image.codes`). Ids mixing integers and strings are all stored as strings.
+    """
+    from ofa.data.formats import open_sample_file
+
+    samples = open_sample_file(data, "text_to_image", lang, fmt)
+    return extract_codes(tokenizer, _distinct_images(samples), out_path, batch_size=batch_size)
