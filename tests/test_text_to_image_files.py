@@ -32,6 +32,7 @@ from ofa.training.data import MixtureDataModule
 from ofa.training.recipe import model_config
 from ofa.training.run import load_tokenizer, read_history, train
 from tests.conftest import REPO, require, shared_dir
+from tests.test_recipes_coco_mini import quick
 
 RECIPE = REPO / "tasks" / "text_to_image" / "finetune.yaml"
 TOKENIZER = REPO / "tokenizers" / "world"
@@ -111,22 +112,13 @@ def recipe_overrides(
     checkpoint: Path, output_dir: Path, data: Path, vq: Path | None, codes: Path | None
 ) -> list[str]:
     """The shipped recipe as a 3-step, 1-thread run from the random checkpoint on the 8 photos."""
-    return [
-        f"model.init_from={checkpoint}",
-        f"tokenizer.path={TOKENIZER}",
+    return quick(
+        checkpoint,
+        output_dir,
         f"data.mixture.0.path={data}",
         f"data.task_options.text_to_image.image_tokenizer={'null' if vq is None else vq}",
         f"data.task_options.text_to_image.codes={'null' if codes is None else codes}",
-        "train.max_steps=3",
-        "train.batch_size=4",
-        "train.warmup_steps=1",
-        "train.num_threads=1",
-        "train.accelerator=cpu",
-        "train.log_every=1",
-        "train.progress_bar=none",
-        "train.resume=none",
-        f"train.output_dir={output_dir}",
-    ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reading
