@@ -57,16 +57,21 @@ def data(records, tmp_path_factory) -> dict[str, Path]:
     }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A random model exported like `ofa train`'s final/ (model + tokenizer), to fine-tune from."""
-    folder = tmp_path_factory.mktemp("init")
-    recipe = recipe_from_dict({"model": {"config": TINY_MODEL}, "data": {"mixture": [{"task": "caption"}]}})
+def make_checkpoint(folder: Path, **config: object) -> Path:
+    """A random TINY_MODEL (with `config` overrides) exported like `ofa train`'s final/ (model + tokenizer)."""
+    values = {**TINY_MODEL, **config}
+    recipe = recipe_from_dict({"model": {"config": values}, "data": {"mixture": [{"task": "caption"}]}})
     tokenizer = OFATokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)
     OFAModel(model_config(recipe, tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random model to fine-tune from."""
+    return make_checkpoint(tmp_path_factory.mktemp("init"))
 
 
 def quick(checkpoint: Path, output_dir: Path, *overrides: str) -> list[str]:

@@ -18,8 +18,6 @@ from PIL import Image
 from ofa.cli import build_parser, main
 from ofa.data.converters import coco_mini_samples, load_coco_mini, write_samples
 from ofa.data.formats import open_sample_file
-from ofa.models import OFAModel
-from ofa.tokenization import OFATokenizer
 from ofa.tokenization.image import (
     IMAGE_TOKENIZER_DIR,
     ImageTokenizer,
@@ -27,23 +25,19 @@ from ofa.tokenization.image import (
     extract_codes,
     read_codes,
 )
-from ofa.training import RecipeError, load_recipe, recipe_from_dict
+from ofa.training import RecipeError, load_recipe
 from ofa.training.data import MixtureDataModule
-from ofa.training.recipe import model_config
 from ofa.training.run import load_tokenizer, read_history, train
 from tests.conftest import REPO, require, shared_dir
+from tests.test_recipes_coco_mini import make_checkpoint as make_random_checkpoint
 from tests.test_recipes_coco_mini import quick
 
 RECIPE = REPO / "tasks" / "text_to_image" / "finetune.yaml"
 TOKENIZER = REPO / "tokenizers" / "world"
 N_IMAGES = 8
 SIZE = 64  # pixels the image tokenizer encodes -> 8x8 codes (factor 8)
-TINY_MODEL = {
-    "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "resnet_layers": [1, 1, 1],
-    "resnet_width": 8, "image_size": 64, "max_source_positions": 96, "max_target_positions": 80,
-    "code_image_size": SIZE,
-}  # fmt: skip
+# test_recipes_coco_mini.TINY_MODEL, with room for 8x8 = 64 codes + eos in the decoder
+T2I_MODEL = {"max_target_positions": 80}
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +77,7 @@ def vq(tmp_path_factory) -> Path:
 
 def make_checkpoint(folder: Path, code_image_size: int = SIZE) -> Path:
     """A random model exported like `ofa train`'s final/ (model + tokenizer), to fine-tune from."""
-    values = {**TINY_MODEL, "code_image_size": code_image_size}
-    recipe = recipe_from_dict({"model": {"config": values}, "data": {"mixture": [{"task": "caption"}]}})
-    tokenizer = OFATokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    OFAModel(model_config(recipe, tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return make_random_checkpoint(folder, **T2I_MODEL, code_image_size=code_image_size)
 
 
 @pytest.fixture(scope="module")
