@@ -98,11 +98,11 @@ def run_in_process(values: dict, callbacks: list | None = None):
         torch.set_num_threads(threads)
 
 
-def losses(output_dir: Path) -> list[float]:
+def losses(output_dir: Path, key: str = "loss") -> list[float]:
     from ofa.training.run import read_history
 
     history = read_history(output_dir)
-    return [history[s]["loss"] for s in sorted(history)]
+    return [history[s][key] for s in sorted(history)]
 
 
 def free_port() -> int:
@@ -322,14 +322,17 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_ddp_and_multinode_match_one_process(tmp_path):
-    settings = {"max_steps": 4, "batchnorm": "frozen", "warmup_steps": 1}  # dropout 0: same maths everywhere
+    # dropout 0: same maths everywhere; the referent-cell term is averaged over the global batch too
+    settings = {"max_steps": 4, "batchnorm": "frozen", "warmup_steps": 1, "referent_cell_weight": 1.0}
     single = tiny_recipe(tmp_path / "single", **settings)
     run_in_process(single)
     reference = losses(tmp_path / "single")
+    referent = losses(tmp_path / "single", "referent_loss")
 
     accumulated = tiny_recipe(tmp_path / "accum", accumulate_grad_batches=2, **settings)
     run_in_process(accumulated)
     assert losses(tmp_path / "accum") == pytest.approx(reference, abs=1e-5, rel=0)
+    assert losses(tmp_path / "accum", "referent_loss") == pytest.approx(referent, abs=1e-5, rel=0)
 
     recipe = write(tmp_path / "r.yaml", tiny_recipe(tmp_path / "unused", **settings))
     cli = [sys.executable, "-m", "ofa.cli", "train", str(recipe)]
@@ -345,6 +348,7 @@ def test_ddp_and_multinode_match_one_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(ddp_out) == pytest.approx(reference, abs=1e-5, rel=0)
+    assert losses(ddp_out, "referent_loss") == pytest.approx(referent, abs=1e-5, rel=0)
 
     nodes_out, port = tmp_path / "nodes", free_port()
     procs = [
@@ -379,3 +383,4 @@ def test_ddp_and_multinode_match_one_process(tmp_path):
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert losses(nodes_out) == pytest.approx(reference, abs=1e-5, rel=0)
+    assert losses(nodes_out, "referent_loss") == pytest.approx(referent, abs=1e-5, rel=0)

@@ -11,6 +11,13 @@ Retrieval (``data.retrieval``). A micro-batch may also carry image-text pairs; t
 division by the accumulation steps then averages it over micro-steps and DDP's gradient average matches
 the all-gathered loss. Without the section nothing here changes.
 
+Referent cells (``train.referent_cell_weight`` > 0). A grounding sample's encoder output at the image patches
+also goes through a linear head (owned by this module, not by the model: export drops it) whose softmax over
+the patch grid is trained towards the referent's cells (`referent_cell_targets`). The decoder must find the
+referent before it can write its box; this dense signal teaches the encoder to mark it. The term is the summed
+cross entropy over the micro-batch's grounding samples divided by its sample count, so Lightning's and DDP's
+averaging give the mean over the global batch (samples of other tasks count as zero).
+
 Weight decay (AdamW, decoupled) applies to matrices and convolution kernels and the token embedding; not to
 biases, LayerNorm/BatchNorm weights, NormFormer scales (every tensor with fewer than 2 dimensions), nor to the
 other embedding tables: absolute position tables, relative-position bias tables and the type embedding.
@@ -160,6 +167,22 @@ def ordinal_bin_loss_sum(
     return total
 
 
+def referent_cell_targets(boxes: Tensor, grid: int) -> Tensor:
+    """(B, grid*grid) target distributions over a row-major patch grid for boxes (B, 4) given as fractions
+    (x0, y0, x1, y1) of the image: uniform over the cells whose centre lies inside the box, together with the
+    cell holding the box centre (so a box smaller than a cell still has one)."""
+    centres = (torch.arange(grid, dtype=torch.float32, device=boxes.device) + 0.5) / grid
+    x0, y0, x1, y1 = (boxes[:, i, None].float() for i in range(4))
+    inside_x = (centres[None] >= x0) & (centres[None] <= x1)  # (B, grid) columns
+    inside_y = (centres[None] >= y0) & (centres[None] <= y1)  # (B, grid) rows
+    mask = inside_y[:, :, None] & inside_x[:, None, :]
+    col = ((x0 + x1) / 2 * grid).long().clamp(0, grid - 1).squeeze(1)
+    row = ((y0 + y1) / 2 * grid).long().clamp(0, grid - 1).squeeze(1)
+    mask[torch.arange(len(boxes), device=boxes.device), row, col] = True
+    mask = mask.flatten(1).float()
+    return mask / mask.sum(-1, keepdim=True)
+
+
 def unmatched_prefixes(model: nn.Module, prefixes: list[str]) -> list[str]:
     """The `train.freeze` prefixes that name no parameter of `model`."""
     names = [name for name, _ in model.named_parameters()]
@@ -196,6 +219,9 @@ class OFALightningModule(pl.LightningModule):
         self.history_path = Path(history_path) if history_path is not None else None
         self.retrieval = retrieval
         freeze_prefixes(model, list(train.freeze))
+        # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
+        self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
+        self._window_referent = 0.0
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
         self._window_contrastive = 0.0
@@ -216,15 +242,40 @@ class OFALightningModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ loss
     def token_loss_sum(self, batch: MicroBatch) -> Tensor:
         """Summed label-smoothed cross entropy over the micro-batch's non-pad target tokens."""
+        return self.losses(batch)[0]
+
+    def losses(self, batch: MicroBatch) -> tuple[Tensor, Tensor | None]:
+        """The summed token loss and, with a referent head, the summed referent-cell cross entropy."""
         b = batch.batch
-        logits = self.model(
-            input_ids=b.input_ids,
-            patch_images=b.patch_images,
-            decoder_input_ids=b.decoder_input_ids,
-            code_masks=b.code_masks,
-            patch_masks=b.patch_masks,
-        )
-        logits, targets = logits.float().flatten(0, 1), b.target_ids.flatten()
+        encoder_out = self.model.encode(b.input_ids, b.patch_images, b.patch_masks)
+        logits = self.model.decode(b.decoder_input_ids, encoder_out, b.code_masks).logits
+        referent = None
+        if self.referent_head is not None:
+            referent = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
+        return self._token_loss(logits, b.target_ids), referent
+
+    def referent_cell_loss_sum(self, batch: MicroBatch, hidden: Tensor) -> Tensor:
+        """Summed cross entropy between the head's softmax over the patch grid and `referent_cell_targets`
+        over the grounding samples with a box (zero, with a graph, when there are none)."""
+        b = batch.batch
+        rows, boxes = [], []
+        for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
+            if task == "grounding" and meta.get("box") is not None and b.patch_images is not None:
+                w, h = meta["image_size"]
+                x0, y0, x1, y1 = meta["box"]
+                rows.append(i)
+                boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
+        num_patches = hidden.shape[1] - b.input_ids.shape[1]  # image patches come first
+        grid = math.isqrt(num_patches)
+        if not rows or grid * grid != num_patches:
+            return hidden.sum() * 0.0
+        index = torch.tensor(rows, device=hidden.device)
+        scores = self.referent_head(hidden[index, :num_patches].float()).squeeze(-1)
+        targets = referent_cell_targets(torch.tensor(boxes, device=hidden.device), grid)
+        return -(targets * scores.log_softmax(-1)).sum()
+
+    def _token_loss(self, logits: Tensor, target_ids: Tensor) -> Tensor:
+        logits, targets = logits.float().flatten(0, 1), target_ids.flatten()
         sigma = self.cfg.bin_label_sigma
         if not sigma:
             return F.cross_entropy(
@@ -258,12 +309,17 @@ class OFALightningModule(pl.LightningModule):
             self._window_tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum").float()
             self._window_loss = torch.zeros((), device=self.device, dtype=torch.float64)
             self._window_contrastive = torch.zeros((), device=self.device, dtype=torch.float64)
+            self._window_referent = torch.zeros((), device=self.device, dtype=torch.float64)
             if self._last_step_time is None:
                 self._last_step_time = time.perf_counter()
         total = self._window_tokens
-        loss_sum = self.token_loss_sum(batch)
+        loss_sum, referent_sum = self.losses(batch)
         self._window_loss = self._window_loss + loss_sum.detach().double()
         loss = loss_sum * (world * batch.accumulate) / total
+        if referent_sum is not None:
+            referent = referent_sum / max(1, batch.num_samples)
+            self._window_referent = self._window_referent + referent.detach().double()
+            loss = loss + self.cfg.referent_cell_weight * referent
         if batch.pairs is not None:
             contrastive = self.contrastive_loss(batch)
             self._window_contrastive = self._window_contrastive + contrastive.detach().double()
@@ -301,6 +357,11 @@ class OFALightningModule(pl.LightningModule):
         )
         self.log("train/tokens_per_sec", values["train/tokens_per_sec"], on_step=True, on_epoch=False)
         record = {"step": step, "loss": values["train/loss"], "lr": values["train/lr"]}
+        if self.referent_head is not None:  # mean over ranks and micro-steps
+            summed = self.trainer.strategy.reduce(self._window_referent, reduce_op="sum")
+            referent = float(summed) / (self.trainer.world_size * batch.accumulate)
+            self.log("train/referent_loss", referent, on_step=True, on_epoch=False)
+            record["referent_loss"] = referent
         if contrastive is not None:
             self.log("train/retrieval_loss", contrastive, prog_bar=True, on_step=True, on_epoch=False)
             record["retrieval_loss"] = contrastive
@@ -311,11 +372,13 @@ class OFALightningModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
+        groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr_scale)
+        if self.referent_head is not None:
+            head = self.referent_head
+            groups[0]["params"] = [*groups[0]["params"], head.weight]  # with decay, as model matrices
+            groups[1]["params"] = [*groups[1]["params"], head.bias]
         optimizer = torch.optim.AdamW(
-            [
-                {**group, "lr": cfg.lr * group["lr_scale"]}
-                for group in parameter_groups(self.model, cfg.weight_decay, cfg.lr_scale)
-            ],
+            [{**group, "lr": cfg.lr * group["lr_scale"]} for group in groups],
             lr=cfg.lr,
             betas=(cfg.betas[0], cfg.betas[1]),
             eps=cfg.eps,
@@ -362,6 +425,7 @@ __all__ = [
     "OFALightningModule",
     "lr_lambda",
     "parameter_groups",
+    "referent_cell_targets",
     "rng_state_tensors",
     "set_rng_state_tensors",
 ]

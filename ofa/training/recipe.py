@@ -125,6 +125,9 @@ class TrainSection:
     label_smoothing: float = 0.1
     # > 0: a <bin_k> target is a Gaussian of this std (in bins) around k (`ordinal_bin_loss_sum`); 0: one-hot.
     bin_label_sigma: float = 0.0
+    # > 0: grounding samples also train the encoder's image tokens to point at the referent's patch cells
+    # (`referent_cell_loss`; the small head is not part of the exported model), times this weight.
+    referent_cell_weight: float = 0.0
     clip_grad_norm: float | None = 1.0
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     gradient_checkpointing: bool = False
@@ -452,6 +455,10 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
     if t.bin_label_sigma < 0:
         raise RecipeError(f"{where}: train.bin_label_sigma: must be >= 0, got {t.bin_label_sigma}")
+    if t.referent_cell_weight < 0:
+        raise RecipeError(
+            f"{where}: train.referent_cell_weight: must be >= 0, got {t.referent_cell_weight}"
+        )
     if not 0 <= t.min_lr_ratio <= 1:
         raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
     if isinstance(t.devices, str) and t.devices != "auto":
