@@ -18,6 +18,11 @@ referent before it can write its box; this dense signal teaches the encoder to m
 cross entropy over the micro-batch's grounding samples divided by its sample count, so Lightning's and DDP's
 averaging give the mean over the global batch (samples of other tasks count as zero).
 
+Decoder input dropout (``train.decoder_input_dropout``). Teacher forcing normally shows the decoder every
+previous word; on the world's held-out colour-shape pairs the shipped model then writes the shape the colour
+was always seen with ("a large yellow hexagon" for a yellow circle). Replacing text inputs by ``<unk>`` at
+random makes the image, not the previous word, the better predictor. Location and code tokens are kept.
+
 Weight decay (AdamW, decoupled) applies to matrices and convolution kernels and the token embedding; not to
 biases, LayerNorm/BatchNorm weights, NormFormer scales (every tensor with fewer than 2 dimensions), nor to the
 other embedding tables: absolute position tables, relative-position bias tables and the type embedding.
@@ -183,6 +188,14 @@ def referent_cell_targets(boxes: Tensor, grid: int) -> Tensor:
     return mask / mask.sum(-1, keepdim=True)
 
 
+def decoder_input_dropout(ids: Tensor, p: float, text_start: int, text_end: int, unk_id: int) -> Tensor:
+    """`ids` with each text token (``text_start <= id < text_end``) replaced by `unk_id` with probability `p`;
+    bos, pad, eos, location and code tokens are kept. Draws from torch's global RNG (saved in checkpoints)."""
+    is_text = (ids >= text_start) & (ids < text_end)
+    drop = is_text & (torch.rand(ids.shape, device=ids.device) < p)
+    return ids.masked_fill(drop, unk_id)
+
+
 def unmatched_prefixes(model: nn.Module, prefixes: list[str]) -> list[str]:
     """The `train.freeze` prefixes that name no parameter of `model`."""
     names = [name for name, _ in model.named_parameters()]
@@ -248,7 +261,14 @@ class OFALightningModule(pl.LightningModule):
         """The summed token loss and, with a referent head, the summed referent-cell cross entropy."""
         b = batch.batch
         encoder_out = self.model.encode(b.input_ids, b.patch_images, b.patch_masks)
-        logits = self.model.decode(b.decoder_input_ids, encoder_out, b.code_masks).logits
+        decoder_ids = b.decoder_input_ids
+        if self.training and self.cfg.decoder_input_dropout > 0:
+            c = self.model.config
+            first_text = max(c.bos_token_id, c.pad_token_id, c.eos_token_id, c.unk_token_id) + 1
+            decoder_ids = decoder_input_dropout(
+                decoder_ids, self.cfg.decoder_input_dropout, first_text, c.code_start, c.unk_token_id
+            )
+        logits = self.model.decode(decoder_ids, encoder_out, b.code_masks).logits
         referent = None
         if self.referent_head is not None:
             referent = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
@@ -423,6 +443,7 @@ class OFALightningModule(pl.LightningModule):
 
 __all__ = [
     "OFALightningModule",
+    "decoder_input_dropout",
     "lr_lambda",
     "parameter_groups",
     "referent_cell_targets",

@@ -128,6 +128,9 @@ class TrainSection:
     # > 0: grounding samples also train the encoder's image tokens to point at the referent's patch cells
     # (`referent_cell_loss`; the small head is not part of the exported model), times this weight.
     referent_cell_weight: float = 0.0
+    # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
+    # word must come from the image more than from the previous word (`decoder_input_dropout`).
+    decoder_input_dropout: float = 0.0
     clip_grad_norm: float | None = 1.0
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     gradient_checkpointing: bool = False
@@ -455,10 +458,12 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
     if t.bin_label_sigma < 0:
         raise RecipeError(f"{where}: train.bin_label_sigma: must be >= 0, got {t.bin_label_sigma}")
-    if t.referent_cell_weight < 0:
+    if not 0 <= t.decoder_input_dropout < 1:
         raise RecipeError(
-            f"{where}: train.referent_cell_weight: must be >= 0, got {t.referent_cell_weight}"
+            f"{where}: train.decoder_input_dropout: must be in [0, 1), got {t.decoder_input_dropout}"
         )
+    if t.referent_cell_weight < 0:
+        raise RecipeError(f"{where}: train.referent_cell_weight: must be >= 0, got {t.referent_cell_weight}")
     if not 0 <= t.min_lr_ratio <= 1:
         raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
     if isinstance(t.devices, str) and t.devices != "auto":
