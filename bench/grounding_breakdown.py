@@ -1,0 +1,79 @@
+"""Where grounding goes wrong on world scenes: every referring expression of N scenes, by kind and language.
+
+    python bench/grounding_breakdown.py CHECKPOINT [CHECKPOINT ...] [--split heldout] [--scenes 100]
+
+For each expression the predicted box (the checkpoint's grounding search, as `OFA.ground`) is compared with
+the referent and with every other object of the scene:
+
+* `right`: IoU >= 0.5 with the referent (Acc@0.5 over all expressions of the scenes);
+* `other object`: not the referent, but IoU >= 0.5 with another object: the model localised an object and
+  picked the wrong one (a binding error);
+* `no object`: IoU < 0.5 with every object (a localisation error).
+
+Unlike `ofa eval` (one expression per scene), every expression of every scene is scored, so multi-object
+scenes weigh more. Prints a Markdown table per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter, defaultdict
+
+import torch
+
+from ofa import OFA
+from ofa.data.world import World
+from ofa.evaluation.metrics import box_iou
+
+KINDS = ("attribute", "relation", "ordinal")
+
+
+def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict[tuple[str, str], Counter]:
+    """(lang, kind or "all") -> Counter of n / right / other / none."""
+    model = OFA.from_pretrained(checkpoint)
+    world = World(seed=0, image_size=model.image_size)
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for lang in ("en", "zh"):
+        items = [(s, r) for s in world.iter(split, scenes) for r in s.refs_for(lang)]
+        results = model.ground([s.image for s, _ in items], [r.text for _, r in items], batch_size=batch_size)
+        for (scene, ref), result in zip(items, results):
+            pred = torch.tensor([list(result.box)], dtype=torch.float64)
+            ious = [
+                float(box_iou(pred, torch.tensor([list(o.box)], dtype=torch.float64))[0])
+                for o in scene.objects
+            ]
+            right = ious[ref.target_index] >= 0.5
+            other = not right and max(ious) >= 0.5
+            for key in ((lang, ref.kind), (lang, "all")):
+                counts[key].update(n=1, right=int(right), other=int(other), none=int(not right and not other))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--split", default="heldout")
+    parser.add_argument("--scenes", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    for checkpoint in args.checkpoints:
+        start = time.perf_counter()
+        counts = breakdown(checkpoint, args.split, args.scenes, args.batch_size)
+        print(
+            f"\n{checkpoint}, split {args.split}, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)\n"
+        )
+        print("| lang | kind | expressions | right | other object | no object |")
+        print("|---|---|---|---|---|---|")
+        for lang in ("en", "zh"):
+            for kind in (*KINDS, "all"):
+                c = counts[(lang, kind)]
+                n = max(1, c["n"])
+                print(
+                    f"| {lang} | {kind} | {c['n']} | {c['right'] / n:.3f} | {c['other'] / n:.3f} "
+                    f"| {c['none'] / n:.3f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
