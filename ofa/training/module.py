@@ -280,14 +280,14 @@ class OFALightningModule(pl.LightningModule):
         b = batch.batch
         rows, boxes = [], []
         for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
-            if task == "grounding" and meta.get("box") is not None and b.patch_images is not None:
+            if task == "grounding" and meta.get("box") is not None:
                 w, h = meta["image_size"]
                 x0, y0, x1, y1 = meta["box"]
                 rows.append(i)
                 boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
         num_patches = hidden.shape[1] - b.input_ids.shape[1]  # image patches come first
         grid = math.isqrt(num_patches)
-        if not rows or grid * grid != num_patches:
+        if not rows or b.patch_images is None or grid * grid != num_patches:
             return hidden.sum() * 0.0
         index = torch.tensor(rows, device=hidden.device)
         scores = self.referent_head(hidden[index, :num_patches].float()).squeeze(-1)

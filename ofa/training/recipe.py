@@ -126,7 +126,7 @@ class TrainSection:
     # > 0: a <bin_k> target is a Gaussian of this std (in bins) around k (`ordinal_bin_loss_sum`); 0: one-hot.
     bin_label_sigma: float = 0.0
     # > 0: grounding samples also train the encoder's image tokens to point at the referent's patch cells
-    # (`referent_cell_loss`; the small head is not part of the exported model), times this weight.
+    # (`OFALightningModule.referent_cell_loss_sum`; the small head is not part of the exported model), times this weight.
     referent_cell_weight: float = 0.0
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
