@@ -424,7 +424,7 @@ def test_retrieve_returns_sorted_hits_in_both_directions(api, world):
         )
         assert all(h.match_probability is None for h in hits)
 
-    reranked = api.retrieve(texts[0], images, k=3)  # one query: one list
+    reranked = api.retrieve(texts[0], images, k=3, rerank=True)  # one query: one list
     assert {h.index for h in reranked} == {h.index for h in plain[0]}
     probabilities = [h.match_probability for h in reranked]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -433,7 +433,7 @@ def test_retrieve_returns_sorted_hits_in_both_directions(api, world):
             brute_force_itm(api, images[hit.index], texts[0], "en"), abs=1e-5
         )
 
-    i2t = api.retrieve(images[:2], texts, k=2)
+    i2t = api.retrieve(images[:2], texts, k=2, rerank=True)
     assert len(i2t) == 2 and all(len(hits) == 2 for hits in i2t)
     for q, hits in enumerate(i2t):
         assert [h.match_probability for h in hits] == sorted(
@@ -520,7 +520,13 @@ def test_cli_retrieve_ranks_a_gallery_folder_like_the_api(api, world, tmp_path, 
     assert main([*args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     files = sorted(gallery.glob("*.png"))
-    expected = api.retrieve("红色的圆形", files, k=3)
+    expected = api.retrieve("红色的圆形", files, k=3)  # by similarity: reranking is opt-in
+    assert [r["file"] for r in rows] == [str(files[h.index]) for h in expected]
+    assert [r["similarity"] for r in rows] == pytest.approx([h.similarity for h in expected])
+    assert all(r["match_probability"] is None for r in rows)
+    assert main([*args, "--json", "--rerank"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    expected = api.retrieve("红色的圆形", files, k=3, rerank=True)
     assert [r["file"] for r in rows] == [str(files[h.index]) for h in expected]
     assert [r["match_probability"] for r in rows] == pytest.approx([h.match_probability for h in expected])
     assert main(args) == 0 and len(capsys.readouterr().out.strip().splitlines()) == 3

@@ -385,14 +385,14 @@ class OFA:
         queries: Any,
         gallery: Sequence[Any],
         k: int = 5,
-        rerank: bool = True,
+        rerank: bool = False,
         *,
         lang: str | None = None,
         batch_size: int = 16,
     ) -> Any:
         """The top ``k`` gallery items per query as :class:`~ofa.api.retrieval.RetrievalHit` lists, best first:
-        text queries search images, image queries search texts; ``rerank`` orders the ``k`` by the
-        image-text-matching probability. See :func:`ofa.api.retrieval.retrieve`."""
+        text queries search images, image queries search texts; ``rerank=True`` orders the ``k`` by the
+        image-text-matching probability (off by default: measure it first, see :func:`ofa.api.retrieval.retrieve`)."""
         from .retrieval import retrieve
 
         return retrieve(self, queries, gallery, k, rerank, lang, batch_size)
