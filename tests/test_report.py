@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -198,6 +199,11 @@ def test_make_report_writes_one_self_contained_page(checkpoint, world, tmp_path)
     # The header names the checkpoint, the date and the machine.
     assert "my-ckpt" in text and date.today().isoformat() in text and platform.node() in text
     assert "world seed 0, split heldout, scenes 0, 1, 2" in text
+    # The scenes are also written as plain PNG files, pixel for pixel the world's.
+    files = sorted((tmp_path / "out" / "gallery").iterdir())
+    assert [f.name for f in files] == [f"heldout-{i:04d}.png" for i in range(n)]
+    for i, f in enumerate(files):
+        assert np.array_equal(np.asarray(Image.open(f)), np.asarray(world.scene("heldout", i).image))
     printed = terminal.getvalue()
     assert all(f"heldout/{i}" in printed for i in range(n)) and "caption object-F1" in printed
 

@@ -49,6 +49,7 @@ REFERENCE_COLOUR = (0, 200, 0)
 #: Pictures are enlarged to about this many pixels (nearest neighbour, so the world's pixels stay sharp).
 DISPLAY_SIZE = 256
 REPORT_FILE = "report.html"
+GALLERY_DIR = "gallery"  # the report's scenes as PNG files
 IMAGINE_EXAMPLES = 4  # text-to-image is the slowest task: only this many scenes get a drawing
 
 
@@ -403,7 +404,8 @@ def make_report(
     console: Console | None = None,
 ) -> Path:
     """Run the model on scenes ``0 .. n_examples-1`` of ``split``, print the table and write
-    ``out_dir/report.html``; returns its path.
+    ``out_dir/report.html``; returns its path. The scenes' pictures also go to ``out_dir/gallery/`` (PNG), for
+    trying the CLI on them (``ofa caption``, ``ofa retrieve --gallery out_dir/gallery "红色的圆形"``).
 
     ``world``: the world the scenes come from (default: seed 0 at the model's image size; the CLI passes
     the world of the checkpoint's recipe). ``checkpoint``: the name the header gives the model.
@@ -415,6 +417,10 @@ def make_report(
     print_table(report, console)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    gallery = out / GALLERY_DIR
+    gallery.mkdir(exist_ok=True)
+    for index in range(n_examples):
+        world.scene(split, index).image.save(gallery / f"{split}-{index:04d}.png")
     path = out / REPORT_FILE
     path.write_text(render_html(report), encoding="utf-8")
     return path
