@@ -47,7 +47,9 @@ def score(model: OFA, split: str, size: int, lang: str) -> dict[str, tuple[int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--gallery-size", type=int, default=1000)
