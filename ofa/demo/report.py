@@ -419,8 +419,8 @@ def make_report(
     out.mkdir(parents=True, exist_ok=True)
     gallery = out / GALLERY_DIR
     gallery.mkdir(exist_ok=True)
-    for index in range(n_examples):
-        world.scene(split, index).image.save(gallery / f"{split}-{index:04d}.png")
+    for scene in report.scenes:
+        scene.image.save(gallery / f"{scene.split}-{scene.index:04d}.png")
     path = out / REPORT_FILE
     path.write_text(render_html(report), encoding="utf-8")
     return path
