@@ -33,11 +33,12 @@ def score(model: OFA, split: str, size: int, k: int, lang: str, batch_size: int)
         hits = model.retrieve(queries, gallery, k=k, rerank=rerank, lang=lang, batch_size=batch_size)
         seconds = time.perf_counter() - start
         top1 = [query in owners[found[0].index] for query, found in zip(queries, hits)]
-        topk = [any(query in owners[h.index] for h in found) for query, found in zip(queries, hits)]
         name = "rerank" if rerank else "similarity"
         row[f"R@1 {name}"] = 100 * sum(top1) / len(queries)
-        row[f"R@{k}"] = 100 * sum(topk) / len(queries)
         row[f"s/query {name}"] = seconds / len(queries)
+        if not rerank:  # reranking only reorders the same k, so R@k is the similarity ranking's
+            topk = [any(query in owners[h.index] for h in found) for query, found in zip(queries, hits)]
+            row[f"R@{k}"] = 100 * sum(topk) / len(queries)
     return row
 
 
