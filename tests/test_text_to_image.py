@@ -116,9 +116,9 @@ def inputs(task: TextToImageTask, texts: list[str], lang: str = "en"):
 def test_target_is_the_code_grid_row_major_and_parses_back(task, tok):
     codes = torch.randint(0, CODEBOOK, (GRID, GRID), generator=torch.Generator().manual_seed(3))
     example = task.build({"text": "A red circle.", "codes": codes, "lang": "en"})
-    code_start = tok.code_range[0]  # <code_k> = code_start + k (the world tokenizer: 511 text ids first)
-    assert code_start == 511
-    assert example.target == [511 + int(c) for c in codes.flatten()] + [tok.eos_id]
+    code_start = tok.code_range[0]  # <code_k> = code_start + k (the world tokenizer: 554 text ids first)
+    assert code_start == 554
+    assert example.target == [554 + int(c) for c in codes.flatten()] + [tok.eos_id]
     assert example.code_mode and example.image is None
     assert example.source == tok.encode(" what is the complete image? caption: a red circle")
     assert torch.equal(task.parse_codes(example.target), codes)

@@ -261,7 +261,7 @@ def test_loss_decreases_and_final_export_loads(tmp_path):
     final = result.final_dir
     model = OFAModel.from_pretrained(final)
     tok = OFATokenizer.from_pretrained(final)
-    assert model.config.vocab_size == tok.vocab_size == 1279
+    assert model.config.vocab_size == tok.vocab_size == 554 + 512 + 256  # text, <code_k>, <bin_k>
     assert (model.config.num_codes, model.config.num_bins) == (tok.num_codes, tok.num_bins)
     assert load_recipe(final / "recipe.yaml").train.max_steps == 30
     assert not (out / "checkpoints").exists()  # checkpoint_every=1000 > max_steps

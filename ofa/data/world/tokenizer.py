@@ -9,6 +9,7 @@ from pathlib import Path
 from ofa.tokenization import OFATokenizer
 
 from .core import World
+from .vocab import COLOUR_ZH, SHAPE_ZH, SIZE_ZH
 
 WORLD_NUM_CODES = 512
 WORLD_NUM_BINS = 256
@@ -28,11 +29,32 @@ def world_texts(world: World, scenes: int) -> Iterator[str]:
         yield from ((" " + r.text) if r.lang == "en" else r.text for r in scene.refs)
 
 
+def world_chinese_words() -> list[str]:
+    """The Chinese words of world texts that become single tokens: colours, shapes, "大的" / "小的", numeral +
+    classifier ("两个") and the relation words. A Chinese mention ("一个小的红色圆形") is then four tokens like its
+    English one (" a small red circle") instead of eight characters; longer targets were where the small
+    decoder lost its place (skipped or repeated words in Chinese captions)."""
+    from .language import NUM_ZH, REL_ZH
+
+    return [
+        *COLOUR_ZH.values(),
+        *SHAPE_ZH.values(),
+        *(f"{size}的" for size in SIZE_ZH.values()),
+        *(f"{numeral}个" for numeral in NUM_ZH.values()),
+        *REL_ZH.values(),
+        "物体",
+    ]
+
+
 def build_world_tokenizer(seed: int = 0, scenes: int = 4000, vocab_size: int = 1000) -> OFATokenizer:
     from ofa.tokenization.train import train_bpe_tokenizer
 
     return train_bpe_tokenizer(
-        world_texts(World(seed=seed), scenes), vocab_size, num_codes=WORLD_NUM_CODES, num_bins=WORLD_NUM_BINS
+        world_texts(World(seed=seed), scenes),
+        vocab_size,
+        num_codes=WORLD_NUM_CODES,
+        num_bins=WORLD_NUM_BINS,
+        cjk_words=world_chinese_words(),
     )
 
 
