@@ -267,6 +267,32 @@ def test_loss_decreases_and_final_export_loads(tmp_path):
     assert not (out / "checkpoints").exists()  # checkpoint_every=1000 > max_steps
 
 
+def denormal_survives() -> bool:
+    """Does a denormal float32 (2**-140) survive arithmetic? False while the CPU flushes denormals to zero."""
+    return bool((torch.tensor([2.0**-140]) * 1.0).item() != 0)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_holds_during_the_run_and_is_restored(tmp_path, flush):
+    import lightning.pytorch as pl
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals (no SSE3)")
+    torch.set_flush_denormal(False)
+    assert denormal_survives()
+    seen: list[bool] = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            seen.append(denormal_survives())
+
+    run_in_process(
+        tiny_recipe(tmp_path / "run", size=2, max_steps=2, flush_denormal=flush), callbacks=[Probe()]
+    )
+    assert seen == [not flush, not flush]
+    assert denormal_survives()  # the process is left as it was
+
+
 class Interrupt(Exception):
     pass
 

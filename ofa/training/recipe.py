@@ -148,6 +148,8 @@ class TrainSection:
     accelerator: str = "auto"
     seed: int = 0
     num_threads: int | None = None  # CPU intra-op threads per process (torch.set_num_threads); null: default
+    # Flush denormal floats to zero in CPU arithmetic (x86 FTZ/DAZ): late in training they made steps ~1.6x slower.
+    flush_denormal: bool = True
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0: no periodic evaluation
     log_every: int = 10

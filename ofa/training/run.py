@@ -232,6 +232,18 @@ def _pretrain_stem(
 
 def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Run (or resume) the training a recipe describes; returns where everything was written."""
+    # As a model grows confident, the probabilities of the tokens it rules out underflow to denormal floats,
+    # which x86 CPUs compute many times slower: without flushing, a world run lost a third of its throughput
+    # over 3,800 steps (`train.flush_denormal`). Only CPU arithmetic is affected; restored afterwards.
+    flushed = recipe.train.flush_denormal and torch.set_flush_denormal(True)
+    try:
+        return _train(recipe, callbacks)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _train(recipe: Recipe, callbacks: list[pl.Callback] | None) -> TrainResult:
     t = recipe.train
     if t.num_threads is not None:
         torch.set_num_threads(t.num_threads)
