@@ -5,8 +5,9 @@
 
 For 1,500 `train` and 300 `val` world scenes (96 px), takes the stem's output feature (and the encoder's output
 state) at the grid cell holding each object's centre, standardises them, fits one linear layer per attribute
-(colour: 8 classes, shape: 7) with Adam on the train objects and prints the accuracy on the val objects.
-Eval-mode BatchNorm, 2 threads.
+(colour: 8 classes, shape: 7) with Adam on the train objects and prints the accuracy on the val objects and on
+the objects of held-out colour-shape pairs in 300 `heldout` scenes (a probe that reads shape there reads it apart
+from colour). Eval-mode BatchNorm, 2 threads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from ofa.data.images import image_to_tensor
 from ofa.data.world import World, WorldConfig
-from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES
+from ofa.data.world.vocab import COLOUR_NAMES, HELDOUT_PAIRS, SHAPE_NAMES
 from ofa.models import OFAModel
 
 
@@ -47,8 +48,11 @@ def object_features(
 
 
 def probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, classes: int
-) -> float:
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    evals: list[tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
+) -> list[float]:
     head = nn.Linear(train_x.shape[1], classes)
     optimizer = torch.optim.Adam(head.parameters(), 1e-2)
     for _ in range(300):
@@ -57,7 +61,7 @@ def probe(
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        return (head(val_x).argmax(1) == val_y).float().mean().item()
+        return [(head(x).argmax(1) == y).float().mean().item() for x, y in evals]
 
 
 def main() -> None:
@@ -79,12 +83,17 @@ def main() -> None:
     for where in ("stem", "encoder"):
         train_x, train_c, train_s = object_features(model, world, "train", 1500, where)
         val_x, val_c, val_s = object_features(model, world, "val", 300, where)
+        held_x, held_c, held_s = object_features(model, world, "heldout", 300, where)
+        pairs = {(COLOUR_NAMES.index(c), SHAPE_NAMES.index(s)) for c, s in HELDOUT_PAIRS}
+        keep = torch.tensor([(int(c), int(s)) in pairs for c, s in zip(held_c, held_s)])
+        held_x, held_c, held_s = held_x[keep], held_c[keep], held_s[keep]
         mean, std = train_x.mean(0), train_x.std(0) + 1e-5
-        train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
-        colour = probe(train_x, train_c, val_x, val_c, len(COLOUR_NAMES))
-        shape = probe(train_x, train_s, val_x, val_s, len(SHAPE_NAMES))
+        train_x, val_x, held_x = (train_x - mean) / std, (val_x - mean) / std, (held_x - mean) / std
+        colour = probe(train_x, train_c, [(val_x, val_c), (held_x, held_c)], len(COLOUR_NAMES))
+        shape = probe(train_x, train_s, [(val_x, val_s), (held_x, held_s)], len(SHAPE_NAMES))
         print(
-            f"{where}: val colour accuracy {colour:.3f}, val shape accuracy {shape:.3f} ({len(val_c)} objects)"
+            f"{where}: val colour / shape accuracy {colour[0]:.3f} / {shape[0]:.3f} ({len(val_c)} objects); "
+            f"held-out pairs {colour[1]:.3f} / {shape[1]:.3f} ({len(held_c)} objects)"
         )
 
 
