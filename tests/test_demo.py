@@ -403,8 +403,8 @@ def test_imagine_turns_bad_input_into_messages(imaginer, ofa, monkeypatch):
     assert backend.imagine("   ", 4, 3, 0) == ([], f"⚠️ {NO_PROMPT}")
     assert backend.imagine(None, 4, 3, 0) == ([], f"⚠️ {NO_PROMPT}")
     # The recipe of the checkpoint reads at most 64 source tokens, as on the retrieval tab; 100 characters of
-    # one token each, plus bos and eos, make 102.
-    pictures, message = backend.imagine("红" * 100, 4, 3, 0)
+    # one token each ("的" is a token of the world tokenizer), plus bos and eos, make 102.
+    pictures, message = backend.imagine("的" * 100, 4, 3, 0)
     assert (
         pictures == []
         and message == "⚠️ This prompt is too long: 102 tokens, the model reads at most 64; shorten it."

@@ -180,7 +180,11 @@ def test_retrieval_examples_and_many_to_many_recall(tok):
     assert zh.source == tok.encode("图片描述了什么？") and zh.meta["text_ids"] == tok.encode("一个红色星形")
     batch = collate_pairs([ex, zh], tok.pad_id)
     assert batch.patch_images.shape == (2, 3, 64, 64)
-    assert batch.text_input_ids[0].tolist() == tok.encode(" a red star") + [tok.pad_id] * 3
+    en_ids, zh_ids = tok.encode(" a red star"), tok.encode("一个红色星形")
+    width = max(len(en_ids), len(zh_ids))  # padded on the right to the longest text of the batch
+    assert batch.text_input_ids.tolist() == [
+        ids + [tok.pad_id] * (width - len(ids)) for ids in (en_ids, zh_ids)
+    ]
 
     # Images A, B, C; "a red star" is paired with A and with C, "a blue circle" with B.
     samples = [("A", "a red star"), ("B", "a blue circle"), ("C", "a red star")]

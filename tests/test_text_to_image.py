@@ -233,9 +233,23 @@ def test_code_mode_generation_emits_exactly_a_grid_of_codes(task, model, tok, st
         tokens = h.tokens.tolist()
         assert len(tokens) == GRID * GRID + 1 and tokens[-1] == tok.eos_id
         assert all(lo <= t < lo + CODEBOOK for t in tokens[:-1])
-    # Without the constraint this random model does pick other tokens, so the constraint is what holds.
-    free = generate(model, {"input_ids": ids}, config.replace(min_len=1), code_masks=code_masks)
-    assert any(not lo <= t < lo + CODEBOOK for h in free for t in h[0].tokens.tolist()[:-1])
+    # A model that prefers a text token writes it when unconstrained, and still only codes under the constraint.
+    text_id = tok.encode(" red")[1]
+
+    def prefer_text(module, args, output):
+        output.logits[..., text_id] += 100.0
+        return output
+
+    handle = model.decoder.register_forward_hook(prefer_text)
+    try:
+        free = generate(model, {"input_ids": ids}, config.replace(min_len=1), code_masks=code_masks)
+        held = generate(model, {"input_ids": ids}, config, constraints=constraints, code_masks=code_masks)
+    finally:
+        handle.remove()
+    assert all(text_id in h[0].tokens.tolist() for h in free)
+    assert all(
+        lo <= t < lo + CODEBOOK for per_input in held for h in per_input for t in h.tokens.tolist()[:-1]
+    )
 
 
 def reference_guided(model, cond_ids, uncond_ids, scale, steps, lo, hi, eos, draw):
