@@ -232,9 +232,9 @@ def _pretrain_stem(
 
 def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Run (or resume) the training a recipe describes; returns where everything was written."""
-    # As a model grows confident, the probabilities of the tokens it rules out underflow to denormal floats,
-    # which x86 CPUs compute many times slower: without flushing, a world run lost a third of its throughput
-    # over 3,800 steps (`train.flush_denormal`). Only CPU arithmetic is affected; restored afterwards.
+    # As a model grows confident, tiny values (probabilities of ruled-out tokens, their gradients) become denormal
+    # floats, which x86 CPUs compute many times slower: without flushing, a world run lost a third of its
+    # throughput over 3,800 steps (`train.flush_denormal`). Only CPU arithmetic is affected; restored afterwards.
     flushed = recipe.train.flush_denormal and torch.set_flush_denormal(True)
     try:
         return _train(recipe, callbacks)
