@@ -9,6 +9,7 @@ from pathlib import Path
 from ofa.tokenization import OFATokenizer
 
 from .core import World
+from .language import NUM_ZH, REL_ZH
 from .vocab import COLOUR_ZH, SHAPE_ZH, SIZE_ZH
 
 WORLD_NUM_CODES = 512
@@ -34,8 +35,6 @@ def world_chinese_words() -> list[str]:
     classifier ("两个") and the relation words. A Chinese mention ("一个小的红色圆形") is then four tokens like its
     English one (" a small red circle") instead of eight characters; longer targets were where the small
     decoder lost its place (skipped or repeated words in Chinese captions)."""
-    from .language import NUM_ZH, REL_ZH
-
     return [
         *COLOUR_ZH.values(),
         *SHAPE_ZH.values(),
