@@ -410,3 +410,53 @@ def test_ddp_and_multinode_match_one_process(tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert losses(nodes_out) == pytest.approx(reference, abs=1e-5, rel=0)
     assert losses(nodes_out, "referent_loss") == pytest.approx(referent, abs=1e-5, rel=0)
+
+
+def test_a_null_tokenizer_path_takes_the_init_from_checkpoints_own_tokenizer(tmp_path: Path) -> None:
+    from ofa.models import OFAConfig, OFAModel
+    from ofa.tokenization import OFATokenizer
+    from ofa.training.run import build_model, load_tokenizer
+
+    # a checkpoint trained with another vocabulary than the default one (64 bins instead of 256)
+    theirs = OFATokenizer.from_pretrained(REPO / "tokenizers/world", num_bins=64)
+    default = OFATokenizer.from_pretrained(REPO / "tokenizers/world")
+    assert theirs.vocab_size != default.vocab_size
+    vocab = {"vocab_size": theirs.vocab_size, "num_codes": theirs.num_codes, "num_bins": theirs.num_bins}
+    checkpoint = tmp_path / "ckpt"
+    OFAModel(OFAConfig(**TINY_MODEL, **vocab)).save_pretrained(checkpoint)
+    theirs.save_pretrained(checkpoint)
+
+    values = tiny_recipe(tmp_path / "out")
+    values["model"] = {"init_from": str(checkpoint)}
+    values["tokenizer"] = {"path": None}
+    recipe = recipe_from_dict(values)
+    loaded = load_tokenizer(recipe)
+    assert (loaded.vocab_size, loaded.num_bins) == (theirs.vocab_size, 64)
+    assert build_model(recipe, loaded).config.num_bins == 64
+
+    # naming the default tokenizer explicitly keeps the clear mismatch error
+    values["tokenizer"] = {"path": "tokenizers/world"}
+    recipe = recipe_from_dict(values)
+    with pytest.raises(
+        RecipeError, match=f"vocab_size={theirs.vocab_size}, the tokenizer gives {default.vocab_size}"
+    ):
+        build_model(recipe, load_tokenizer(recipe))
+
+    # without init_from, null is the default tokenizer
+    values = tiny_recipe(tmp_path / "out")
+    values["tokenizer"] = {"path": None}
+    assert load_tokenizer(recipe_from_dict(values)).vocab_size == default.vocab_size
+
+
+def test_a_null_tokenizer_path_names_what_is_missing(tmp_path: Path) -> None:
+    from ofa.training.run import load_tokenizer
+
+    values = tiny_recipe(tmp_path / "out")
+    values["tokenizer"] = {"path": None}
+    values["model"] = {"init_from": str(tmp_path / "nowhere")}
+    with pytest.raises(RecipeError, match="model.init_from: .*nowhere is not a checkpoint folder"):
+        load_tokenizer(recipe_from_dict(values))
+    (tmp_path / "bare").mkdir()
+    values["model"] = {"init_from": str(tmp_path / "bare")}
+    with pytest.raises(RecipeError, match="bare has no ofa_tokenizer.json; set tokenizer.path"):
+        load_tokenizer(recipe_from_dict(values))

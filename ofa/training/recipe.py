@@ -53,7 +53,13 @@ class ModelSection:
 
 @dataclass
 class TokenizerSection:
-    path: str = "tokenizers/world"
+    """`path`: a tokenizer folder; null: `model.init_from`'s own tokenizer when fine-tuning, else `DEFAULT_TOKENIZER`
+    (a checkpoint then always comes with the vocabulary it was trained with)."""
+
+    path: str | None = None
+
+
+DEFAULT_TOKENIZER = "tokenizers/world"
 
 
 @dataclass

@@ -27,11 +27,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from ofa.models import OFAConfig, OFAModel
 from ofa.tokenization import OFATokenizer
 from ofa.tokenization.image import IMAGE_TOKENIZER_DIR
+from ofa.tokenization.ofa_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
 from .data import MixtureDataModule, image_tokenizer_path, load_recipe_image_tokenizer, make_tasks
 from .module import OFALightningModule, unmatched_prefixes
 from .recipe import (
+    DEFAULT_TOKENIZER,
     INIT_FROM_FIELDS,
     VOCAB_FIELDS,
     Recipe,
@@ -55,7 +57,18 @@ class TrainResult:
 
 
 def load_tokenizer(recipe: Recipe) -> OFATokenizer:
-    path = resolve_path(recipe.tokenizer.path)
+    """`tokenizer.path`, or when it is null the `model.init_from` checkpoint's tokenizer (else the default one)."""
+    if recipe.tokenizer.path is None and recipe.model.init_from is not None:
+        path = resolve_path(recipe.model.init_from)
+        if not path.is_dir():
+            raise RecipeError(f"{recipe.source}: model.init_from: {path} is not a checkpoint folder")
+        if not (path / TOKENIZER_CONFIG_FILE).is_file():
+            raise RecipeError(
+                f"{recipe.source}: tokenizer.path is null, so the tokenizer comes from model.init_from, but "
+                f"{path} has no {TOKENIZER_CONFIG_FILE}; set tokenizer.path to the checkpoint's tokenizer folder"
+            )
+        return OFATokenizer.from_pretrained(path)
+    path = resolve_path(recipe.tokenizer.path or DEFAULT_TOKENIZER)
     if not path.exists():
         raise RecipeError(f"{recipe.source}: tokenizer.path: {path} does not exist")
     return OFATokenizer.from_pretrained(path)
