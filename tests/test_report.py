@@ -183,6 +183,10 @@ def test_make_report_writes_one_self_contained_page(checkpoint, world, tmp_path)
     n = 3
     model = OFA.from_pretrained(checkpoint)
     terminal = io.StringIO()
+    # an earlier report's scene is removed from the gallery, a user's own picture is kept
+    (tmp_path / "out" / "gallery").mkdir(parents=True)
+    world.scene("val", 7).image.save(tmp_path / "out" / "gallery" / "val-0007.png")
+    world.scene("val", 8).image.save(tmp_path / "out" / "gallery" / "mine.png")
     path = make_report(
         model, tmp_path / "out", n, "heldout", world=world, checkpoint="my-ckpt",
         console=Console(file=terminal, width=200),
@@ -200,8 +204,11 @@ def test_make_report_writes_one_self_contained_page(checkpoint, world, tmp_path)
     assert "my-ckpt" in text and date.today().isoformat() in text and platform.node() in text
     assert "world seed 0, split heldout, scenes 0, 1, 2" in text
     # The scenes are also written as plain PNG files, pixel for pixel the world's.
-    files = sorted((tmp_path / "out" / "gallery").iterdir())
-    assert [f.name for f in files] == [f"heldout-{i:04d}.png" for i in range(n)]
+    files = sorted((tmp_path / "out" / "gallery").glob("heldout-*"))
+    assert sorted(f.name for f in (tmp_path / "out" / "gallery").iterdir()) == [
+        *(f"heldout-{i:04d}.png" for i in range(n)),
+        "mine.png",
+    ]
     for i, f in enumerate(files):
         assert np.array_equal(np.asarray(Image.open(f)), np.asarray(world.scene("heldout", i).image))
     printed = terminal.getvalue()

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ REFERENCE_COLOUR = (0, 200, 0)
 DISPLAY_SIZE = 256
 REPORT_FILE = "report.html"
 GALLERY_DIR = "gallery"  # the report's scenes as PNG files
+GALLERY_NAME = re.compile(r"(train|val|test|heldout)-\d{4}\.png")  # how the report names them
 IMAGINE_EXAMPLES = 4  # text-to-image is the slowest task: only this many scenes get a drawing
 
 
@@ -419,6 +421,11 @@ def make_report(
     out.mkdir(parents=True, exist_ok=True)
     gallery = out / GALLERY_DIR
     gallery.mkdir(exist_ok=True)
+    written = {f"{scene.split}-{scene.index:04d}.png" for scene in report.scenes}
+    for old in gallery.glob("*.png"):
+        # a previous report's scene (same naming) would otherwise be ranked by `ofa retrieve --gallery` too
+        if GALLERY_NAME.fullmatch(old.name) and old.name not in written:
+            old.unlink()
     for scene in report.scenes:
         scene.image.save(gallery / f"{scene.split}-{scene.index:04d}.png")
     path = out / REPORT_FILE
