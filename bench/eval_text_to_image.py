@@ -51,7 +51,7 @@ def is_right(picture, prompt, relations: bool = True) -> bool:
 @torch.no_grad()
 def code_nll(ofa: OFA, samples: list[dict], texts: list[str], batch_size: int = 32) -> float:
     """Mean negative log-likelihood (nats) of the scenes' true codes given `texts` as captions (teacher forcing)."""
-    task = ofa._text_to_image_task()
+    task = ofa.text_to_image_task()
     tok, total, count = task.tokenizer, 0.0, 0
     for start in range(0, len(samples), batch_size):
         chunk = [

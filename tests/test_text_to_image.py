@@ -487,3 +487,15 @@ def test_cli_imagine_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "the text is empty" in capsys.readouterr().err
     assert main(["imagine", PROMPT, "-o", str(tmp_path / "a.unknown"), "--checkpoint", str(checkpoint)]) == 1
     assert "error: unknown file extension" in capsys.readouterr().err
+
+
+def test_the_public_text_to_image_task_is_bound_to_the_models_tokenizers(ofa, tok, tmp_path):
+    task = ofa.text_to_image_task()
+    assert task is ofa.text_to_image_task()  # made once
+    codes = torch.arange(GRID * GRID) % CODEBOOK
+    example = task.build({"text": "A red circle.", "codes": codes, "lang": "en"})
+    assert example.source == tok.encode(" what is the complete image? caption: a red circle")
+    assert example.target == [tok.code_range[0] + int(c) for c in codes] + [tok.eos_id]
+    bare = OFA.from_pretrained(make_checkpoint(tmp_path / "bare", with_image_tokenizer=False))
+    with pytest.raises(InputError, match="no image tokenizer"):
+        bare.text_to_image_task()

@@ -301,7 +301,7 @@ class OFA:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise InputError(f"seed must be an integer or None, got {seed!r}")
-        task = self._text_to_image_task()
+        task = self.text_to_image_task()
         search: dict[str, Any] = {
             "num_return_sequences": n,
             "guidance_scale": guidance,
@@ -345,7 +345,9 @@ class OFA:
             self._image_tokenizer = _load_image_tokenizer(Path(self._image_tokenizer), self.device)
         return self._image_tokenizer
 
-    def _text_to_image_task(self) -> TextToImageTask:
+    def text_to_image_task(self) -> TextToImageTask:
+        """The text-to-image task bound to this model's tokenizers (prompt building, code targets, decoding
+        constraints), e.g. to score captions by the likelihood of a picture's codes; made on first use."""
         if self._text_to_image is None:
             image_tokenizer = self.image_tokenizer.to(self.device).eval()
             grid, model_grid = image_tokenizer.grid(), self.model.config.code_grid
