@@ -308,12 +308,14 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     settings = {"max_steps": 10, "checkpoint_every": 4, "accumulate_grad_batches": 2, "warmup_steps": 3}
     base = tiny_recipe(tmp_path / "a", **settings)
-    base["model"]["config"].update(dropout=0.2, attention_dropout=0.1)
+    # dropout and the factorized stem's colour jitter draw from the RNG the checkpoint must restore
+    noisy = {"dropout": 0.2, "attention_dropout": 0.1, "stem_colour_channels": 4, "stem_colour_jitter": True}
+    base["model"]["config"].update(noisy)
     run_in_process(base)
     uninterrupted = losses(tmp_path / "a")
 
     resumed = tiny_recipe(tmp_path / "b", **settings)
-    resumed["model"]["config"].update(dropout=0.2, attention_dropout=0.1)
+    resumed["model"]["config"].update(noisy)
     resumed["data"]["num_workers"] = 1  # also: worker processes give the same stream
     with pytest.raises(Interrupt):
         run_in_process(resumed, callbacks=[KillAt()])

@@ -91,6 +91,10 @@ class OFAConfig:
     resnet_layers: list[int] = field(default_factory=lambda: [3, 4, 23])
     resnet_width: int = 64
     convnet_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    # Keep colour and shape apart in the stem (`ofa.models.factorized_stem`): width of a per-pixel colour path
+    # appended to the stem output (0: none), and whether the stem sees colour-randomised images while training.
+    stem_colour_channels: int = 0
+    stem_colour_jitter: bool = False
     image_size: int = 480
 
     attn_implementation: str = "sdpa"
@@ -129,6 +133,8 @@ class OFAConfig:
             raise ConfigError(f"image_stem must be one of {IMAGE_STEMS}, got {self.image_stem!r}")
         if not self.convnet_channels or min(self.convnet_channels) < 1:
             raise ConfigError(f"convnet_channels must list positive widths, got {self.convnet_channels}")
+        if self.stem_colour_channels < 0:
+            raise ConfigError(f"stem_colour_channels must be >= 0, got {self.stem_colour_channels}")
         if len(self.resnet_layers) != 3 or min(self.resnet_layers) < 1:
             raise ConfigError(
                 f"resnet_layers must list three positive block counts, got {self.resnet_layers}"
@@ -162,10 +168,11 @@ class OFAConfig:
 
     @property
     def image_feature_dim(self) -> int:
-        """Channels of the stem output: stage 3 of a Bottleneck ResNet has 4 * 4 * width channels."""
+        """Channels of the stem output: stage 3 of a Bottleneck ResNet has 4 * 4 * width channels, plus the colour
+        path's."""
         if self.image_stem == "convnet":
-            return self.convnet_channels[-1]
-        return self.resnet_width * 16
+            return self.convnet_channels[-1] + self.stem_colour_channels
+        return self.resnet_width * 16 + self.stem_colour_channels
 
     # ------------------------------------------------------------------------------------------- presets
     @classmethod

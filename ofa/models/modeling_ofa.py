@@ -31,6 +31,7 @@ from .attention import (
 )
 from .configuration_ofa import OFAConfig
 from .convnet import ConvStem
+from .factorized_stem import FactorizedStem
 from .resnet import ResNetTrunk, linear_rates
 from .retrieval import NoRetrievalHeadError, RetrievalHead
 
@@ -309,6 +310,10 @@ class OFAEncoder(_PositionBiasMixin):
         else:
             self.embed_images = ResNetTrunk(
                 config.resnet_layers, config.resnet_width, config.resnet_drop_path_rate
+            )
+        if config.stem_colour_channels or config.stem_colour_jitter:
+            self.embed_images = FactorizedStem(
+                self.embed_images, config.stem_colour_channels, config.stem_colour_jitter
             )
         self.image_proj = nn.Linear(self.embed_images.out_channels, d)
         self.type_embedding = _embedding(2, d) if config.add_type_embedding else None
