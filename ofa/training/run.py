@@ -27,7 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from ofa.models import OFAConfig, OFAModel
 from ofa.tokenization import OFATokenizer
 from ofa.tokenization.image import IMAGE_TOKENIZER_DIR
-from ofa.tokenization.ofa_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
+from ofa.tokenization.text import TokenizerError
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
 from .data import MixtureDataModule, image_tokenizer_path, load_recipe_image_tokenizer, make_tasks
@@ -61,13 +61,17 @@ def load_tokenizer(recipe: Recipe) -> OFATokenizer:
     if recipe.tokenizer.path is None and recipe.model.init_from is not None:
         path = resolve_path(recipe.model.init_from)
         if not path.is_dir():
-            raise RecipeError(f"{recipe.source}: model.init_from: {path} is not a checkpoint folder")
-        if not (path / TOKENIZER_CONFIG_FILE).is_file():
             raise RecipeError(
-                f"{recipe.source}: tokenizer.path is null, so the tokenizer comes from model.init_from, but "
-                f"{path} has no {TOKENIZER_CONFIG_FILE}; set tokenizer.path to the checkpoint's tokenizer folder"
+                f"{recipe.source}: model.init_from: {path} is not a checkpoint folder, so it gives no tokenizer "
+                "(tokenizer.path is null); set tokenizer.path"
             )
-        return OFATokenizer.from_pretrained(path)
+        try:
+            return OFATokenizer.from_pretrained(path)
+        except TokenizerError as err:
+            raise RecipeError(
+                f"{recipe.source}: tokenizer.path is null, so the tokenizer comes from model.init_from, but {err}; "
+                "set tokenizer.path to the checkpoint's tokenizer folder"
+            ) from None
     path = resolve_path(recipe.tokenizer.path or DEFAULT_TOKENIZER)
     if not path.exists():
         raise RecipeError(f"{recipe.source}: tokenizer.path: {path} does not exist")
