@@ -6,7 +6,7 @@ probe read objects of held-out pairs far worse than seen ones (shape 0.864, colo
 Two paths meant to keep the attributes apart, the first by construction, the second by what it is trained on:
 
 * a **colour path** of per-pixel 1x1 conv-BN-ReLU layers (on the image averaged over 4x4 blocks: at full
-  resolution the path cost twice the whole conv stem on CPU) averaged over each output cell: it sees no spatial
+  resolution the path was slower on CPU than the whole conv stem) averaged over each output cell: it sees no spatial
   context, so its feature is a soft colour histogram of the cell and carries no shape;
 * the **shape path** (the usual stem) sees, while training, a copy of the image whose colours are randomised per
   sample (hue rotated about the grey axis by a uniform angle, saturation scaled by 0.5-1.5, inverted with
