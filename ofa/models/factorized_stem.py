@@ -31,7 +31,10 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import Tensor, nn
 
-GREY_AXIS = torch.full((3,), 1 / math.sqrt(3))
+# In RGB, the projection onto the grey axis u = (1, 1, 1) / sqrt(3) and the cross-product matrix [u]_x
+# (a quarter turn of the chroma plane about u).
+GREY_PROJECTION = torch.full((3, 3), 1 / 3)
+GREY_CROSS = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
 # Without inversion, objects of held-out pairs were recalled far worse (0.30 vs 0.57, caption breakdown): brightness
 # alone still tells colours apart, so the shape path tied shape to it again.
 INVERT_PROBABILITY = 0.5
@@ -41,12 +44,9 @@ def colour_matrices(theta: Tensor, saturation: Tensor, sign: Tensor) -> Tensor:
     """(B, 3, 3) transforms of images normalised to [-1, 1] (mid-grey = 0) from (B,) hue angles, chroma scales and
     signs: grey component kept, chroma rotated by `theta` about the grey axis and scaled, all times `sign`."""
     dtype, device = theta.dtype, theta.device
-    u = GREY_AXIS.to(device=device, dtype=dtype)
-    grey = torch.outer(u, u)
+    grey = GREY_PROJECTION.to(device=device, dtype=dtype)
+    cross = GREY_CROSS.to(device=device, dtype=dtype)
     chroma = torch.eye(3, device=device, dtype=dtype) - grey
-    cross = torch.zeros(3, 3, device=device, dtype=dtype)  # [u]_x: cross product with the grey axis
-    cross[0, 1], cross[0, 2], cross[1, 2] = -u[2], u[1], -u[0]
-    cross = cross - cross.T
     theta, saturation, sign = (t.to(dtype).view(-1, 1, 1) for t in (theta, saturation, sign))
     rotation = torch.cos(theta) * chroma + torch.sin(theta) * cross
     return sign * (grey + saturation * rotation)
