@@ -11,7 +11,8 @@ the referent and with every other object of the scene:
 * `no object`: IoU < 0.5 with every object (a localisation error).
 
 Unlike `ofa eval` (one expression per scene), every expression of every scene is scored, so multi-object
-scenes weigh more. Prints a Markdown table per checkpoint.
+scenes weigh more. Prints a Markdown table per checkpoint: rows by expression kind, then by the number of objects
+in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ KINDS = ("attribute", "relation", "ordinal")
 
 
 def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict[tuple[str, str], Counter]:
-    """(lang, kind or "all") -> Counter of n / right / other / none."""
+    """(lang, kind or "all" or "N objects") -> Counter of n / right / other / none."""
     model = OFA.from_pretrained(checkpoint)
     world = World(seed=0, image_size=model.image_size)
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -45,7 +46,7 @@ def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict
             ]
             right = ious[ref.target_index] >= 0.5
             other = not right and max(ious) >= 0.5
-            for key in ((lang, ref.kind), (lang, "all")):
+            for key in ((lang, ref.kind), (lang, "all"), (lang, f"{len(scene.objects)} objects")):
                 counts[key].update(n=1, right=int(right), other=int(other), none=int(not right and not other))
     return counts
 
@@ -66,7 +67,8 @@ def main() -> None:
         print("| lang | kind | expressions | right | other object | no object |")
         print("|---|---|---|---|---|---|")
         for lang in ("en", "zh"):
-            for kind in (*KINDS, "all"):
+            by_objects = sorted(k for (lg, k) in counts if lg == lang and k.endswith(" objects"))
+            for kind in (*KINDS, "all", *by_objects):
                 c = counts[(lang, kind)]
                 n = max(1, c["n"])
                 print(

@@ -1,4 +1,5 @@
-"""The referent-cell auxiliary loss of grounding samples (`train.referent_cell_weight`)."""
+"""Auxiliary grounding terms: the referent-cell head (`train.referent_cell_weight`) and supervised cross-attention
+(`train.referent_attention_weight`, `train.caption_attention_weight`)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,149 @@ def test_training_with_the_head_lowers_it_and_export_leaves_it_behind(tmp_path):
     assert not any("referent" in k for k in load_file(out / "final/model.safetensors"))
     ckpt = torch.load(out / "checkpoints/step=000030.ckpt", weights_only=True)
     assert "referent_head.weight" in ckpt["state_dict"]  # resumable with its head
+
+
+def test_attention_probabilities_are_the_distribution_forward_uses():
+    from ofa.models.attention import AttentionBias, OFAAttention
+
+    torch.manual_seed(0)
+    attn = OFAAttention(16, 4, scale_heads=False).eval()
+    hidden, source = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    bias = AttentionBias(pos_q=torch.randn(2, 4, 3, 4), pos_k=torch.randn(2, 4, 5, 4), key_padding=padding)
+    key, value = attn.project_kv(source)
+    probs = attn.probabilities(hidden, key, bias, 0)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 3))
+    assert float(probs.detach()[1, :, :, 3:].max()) == 0.0  # padded keys get no mass
+    # By hand: softmax(q k^T * scaling + pos_q pos_k^T) over the unpadded keys, then the output projection.
+    q = attn._heads(attn.q_proj(hidden))
+    scores = q @ key.transpose(2, 3) * attn.scaling + bias.pos_q @ bias.pos_k.transpose(2, 3)
+    scores[1, :, :, 3:] = -float("inf")
+    assert torch.allclose(probs, scores.softmax(-1), atol=1e-6)
+    out = attn.out_proj((probs @ value).transpose(1, 2).reshape(2, 3, 16))
+    assert torch.allclose(attn(hidden, key, value, bias, 0), out, atol=1e-5)
+
+
+def test_attention_loss_is_the_hand_computed_cross_entropy_over_supervised_steps():
+    from ofa.models import OFAModel
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import small_config
+
+    train = TrainSection(referent_attention_weight=1.0, caption_attention_weight=0.5)
+    module = OFALightningModule(OFAModel(small_config()), train, pad_id=1)
+    grid, text, steps = 2, 3, 6
+    probs = torch.full((3, steps, grid * grid + text), 1 / 7)
+    # Grounding row 1: at step s the referent's cells 0 and 1 (box over the top half) get p0[s], p1[s].
+    p0, p1 = [0.5, 0.2, 0.1, 0.3], [0.1, 0.2, 0.4, 0.3]
+    probs[1, :4, 0], probs[1, :4, 1] = torch.tensor(p0), torch.tensor(p1)
+    # Caption row 2: position 2 names two objects (cells 0 and 3), position 4 one (cell 3).
+    probs[2, 2, [0, 3]] = torch.tensor([0.2, 0.4])
+    probs[2, 4, 3] = 0.6
+    top_half = [0.0, 0.0, 80.0, 40.0]
+    batch = SimpleNamespace(
+        batch=SimpleNamespace(
+            tasks=["caption", "grounding", "caption"],
+            meta=[
+                {"image_size": (80, 80)},  # no attend: not supervised
+                {"attend": [(s, [top_half]) for s in range(4)], "image_size": (80, 80)},
+                {
+                    "attend": [(2, [[0, 0, 20, 20], [60, 60, 80, 80]]), (4, [[60, 60, 80, 80]])],
+                    "image_size": (80, 80),
+                },
+            ],
+            patch_images=torch.zeros(3, 3, 8, 8),
+            input_ids=torch.zeros(3, text, dtype=torch.long),
+        )
+    )
+    got = module.object_attention_loss_sum(batch, probs)
+    grounding = -sum(0.5 * math.log(a) + 0.5 * math.log(b) for a, b in zip(p0, p1)) / 4
+    caption = 0.5 * -(0.5 * math.log(0.2) + 0.5 * math.log(0.4) + math.log(0.6)) / 2
+    assert got.item() == pytest.approx(grounding + caption, abs=1e-6)
+    module.cfg.caption_attention_weight = 0.0  # off: captions no longer count
+    assert module.object_attention_loss_sum(batch, probs).item() == pytest.approx(grounding, abs=1e-6)
+
+
+def test_caption_attend_targets_name_the_objects_of_each_attribute_word():
+    from ofa.data.sources import WorldSource
+    from ofa.data.world import World
+    from ofa.tasks import get_task
+    from ofa.tokenization import OFATokenizer
+
+    tokenizer = OFATokenizer.from_pretrained("tokenizers/world")
+    world = World(seed=0, image_size=64)
+    for lang in ("en", "zh"):
+        source = WorldSource(world, "train", "caption", lang)
+        task = get_task("caption")(tokenizer, image_size=64, train_target="first")
+        checked = 0
+        for index in range(20):
+            sample = source[index]
+            example = task.build(sample, train=True)
+            words = [tokenizer.decode([i]).strip() for i in example.target]
+            attend = dict(example.meta["attend"])
+            # Every object's three attribute words are supervised, each towards exactly the objects with those attributes.
+            assert len(attend) == 3 * len({tuple(o) for o in sample["objects"]})
+            for position, boxes in attend.items():
+                described = [
+                    o
+                    for o, b in zip(sample["objects"], sample["object_boxes"])
+                    if list(map(float, b)) in boxes
+                ]
+                assert len(described) == len(boxes) and len({tuple(o) for o in described}) == 1
+                size, colour, shape = described[0]
+                names = {size, colour, shape, f"{size}s", f"{shape}s", f"{shape}es"} if lang == "en" else None
+                if names is not None:
+                    assert words[position] in names, (words, position)
+                checked += 1
+            assert "attend" not in task.build(sample, train=False).meta
+        assert checked > 60
+
+
+def test_mention_words_are_matched_to_objects_by_hand():
+    from ofa.data.world import mention_word_objects
+
+    objects = [("large", "red", "circle"), ("small", "blue", "star"), ("small", "blue", "star")]
+    words = ["a", "large", "red", "circle", "and", "two", "small", "blue", "stars", "red", "star"]
+    assert mention_word_objects(words, objects, "en") == [
+        [],
+        [0],
+        [0],
+        [0],
+        [],
+        [],
+        [1, 2],
+        [1, 2],
+        [1, 2],
+        [],
+        [],
+    ]
+    zh = ["一个", "大的", "红色", "圆形", "在", "小的", "蓝色", "星形", "的", "左边"]
+    assert mention_word_objects(zh, objects, "zh") == [[], [0], [0], [0], [], [1, 2], [1, 2], [1, 2], [], []]
+    # a mention no object matches describes nothing; a broken run (no colour) neither
+    assert mention_word_objects(["a", "small", "red", "circle"], objects, "en") == [[], [], [], []]
+    assert mention_word_objects(["a", "large", "circle"], objects, "en") == [[], [], []]
+
+
+def test_training_with_referent_attention_lowers_it_and_adds_no_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    values = tiny_recipe(
+        out,
+        size=4,
+        max_steps=30,
+        lr=3e-3,
+        schedule="constant",
+        warmup_steps=0,
+        referent_attention_weight=1.0,
+        checkpoint_every=30,
+    )
+    run_in_process(values)
+    curve = losses(out, "referent_loss")
+    assert len(curve) == 30 and len(losses(out)) == 30
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.1, curve
+    ckpt = torch.load(out / "checkpoints/step=000030.ckpt", weights_only=True)
+    exported = load_file(out / "final/model.safetensors")
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])  # nothing beside the model to drop
+    assert set(exported) <= {k.removeprefix("model.") for k in ckpt["state_dict"]}

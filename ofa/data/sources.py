@@ -46,6 +46,7 @@ class WorldSource:
                 **base,
                 "captions": scene.captions[self.lang],
                 "objects": [o.triple for o in scene.objects],
+                "object_boxes": [list(o.box) for o in scene.objects],
             }
         if self.task == "grounding":
             refs = scene.refs_for(self.lang)

@@ -251,6 +251,15 @@ class OFAAttention(nn.Module):
         """Keys and values (B, H, S, dh) of `source`; cached by the decoder."""
         return self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
 
+    def probabilities(self, hidden: Tensor, key: Tensor, bias: AttentionBias, layer: int) -> Tensor:
+        """(B, H, Tq, Tk) float32 attention distribution of `forward` (before dropout), which the fused kernels
+        do not return: for inspection and attention supervision. Differentiable."""
+        q = self._heads(self.q_proj(hidden))
+        scores = torch.matmul(q * self.scaling, key.transpose(2, 3)).float() + bias.dense(
+            layer, torch.float32
+        )
+        return torch.softmax(scores, dim=-1)
+
     def forward(self, hidden: Tensor, key: Tensor, value: Tensor, bias: AttentionBias, layer: int) -> Tensor:
         q = self._heads(self.q_proj(hidden))
         dropout = self.dropout if self.training else 0.0

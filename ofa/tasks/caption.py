@@ -1,7 +1,10 @@
 """Image captioning.
 
 Sample: ``{"image": PIL image | path | array, "captions": [str, ...], "lang": "en" | "zh", "id": any}``;
-optionally ``"objects"`` (world scenes: (size, colour, shape) per object) for the object-F1 metric.
+optionally ``"objects"`` (world scenes: (size, colour, shape) per object) for the object-F1 metric, and
+``"object_boxes"`` (their pixel boxes): a training example then lists in ``meta["attend"]`` (target position,
+boxes) for every size/colour/shape word of the target, the objects that word describes (`mention_word_objects`;
+used by ``train.caption_attention_weight``).
 Training picks one caption at random (``train_target="random"``) or always the first one (``"first"``: for world
 scenes the canonical caption, objects from left to right); evaluation scores the generated caption against all.
 """
@@ -41,13 +44,21 @@ class CaptionTask(Task):
         meta = {"id": sample.get("id"), "lang": lang, "references": captions, "image_size": size}
         if "objects" in sample:
             meta["objects"] = sample["objects"]
-        return Example(
-            self.name,
-            self.encode_source(self.prompts[lang]),
-            self.encode_text_target(target_text),
-            image,
-            meta=meta,
-        )
+        target = self.encode_text_target(target_text)
+        if train and "objects" in sample and sample.get("object_boxes") is not None:
+            meta["attend"] = self.attend_targets(target, sample["objects"], sample["object_boxes"], lang)
+        return Example(self.name, self.encode_source(self.prompts[lang]), target, image, meta=meta)
+
+    def attend_targets(
+        self, target: list[int], objects: list[Any], boxes: list[Any], lang: str
+    ) -> list[tuple[int, list[list[float]]]]:
+        """(target position, boxes of the objects the token there describes) for the attribute words of a world
+        caption; none for tokenizers that split the world's words into pieces."""
+        from ofa.data.world import mention_word_objects
+
+        words = [self.tokenizer.decode([i]) for i in target]
+        matches = mention_word_objects(words, [tuple(o) for o in objects], lang)
+        return [(p, [list(map(float, boxes[k])) for k in m]) for p, m in enumerate(matches) if m]
 
     def default_search(self) -> dict[str, Any]:
         # Official caption evaluation: beam 5, max 16 tokens, no 3-gram repeats (evaluate_caption.sh).

@@ -14,9 +14,19 @@ the all-gathered loss. Without the section nothing here changes.
 Referent cells (``train.referent_cell_weight`` > 0). A grounding sample's encoder output at the image patches
 also goes through a linear head (owned by this module, not by the model: export drops it) whose softmax over
 the patch grid is trained towards the referent's cells (`referent_cell_targets`). The decoder must find the
-referent before it can write its box; this dense signal teaches the encoder to mark it. The term is the summed
-cross entropy over the micro-batch's grounding samples divided by its sample count, so Lightning's and DDP's
-averaging give the mean over the global batch (samples of other tasks count as zero).
+referent before it can write its box; this dense signal teaches the encoder to mark it.
+
+Object attention (``train.referent_attention_weight`` / ``caption_attention_weight`` > 0). Supervised attention
+(as Garg et al. 2019 supervise one cross-attention head with word alignments): head 0 of the decoder's last
+cross-attention is trained to put its mass on the patch cells of an object, at the steps whose target token
+describes it (``meta["attend"]`` of the example: the referent at each of the four box tokens of a grounding
+sample; the objects a size / colour / shape word names in a world caption), by cross entropy averaged over the
+sample's supervised steps. That head's query-key match is the binding the tokens need (words to the object's
+patches); the term adds no parameters.
+
+Both referent terms are summed cross entropies over the micro-batch's grounding samples divided by its sample
+count, times their weights, so Lightning's and DDP's averaging give the mean over the global batch (samples of
+other tasks count as zero); their weighted sum is logged as ``referent_loss``.
 
 Decoder input dropout (``train.decoder_input_dropout``). Teacher forcing normally shows the decoder every
 previous word; on the world's held-out colour-shape pairs the shipped model then writes the shape the colour
@@ -234,6 +244,7 @@ class OFALightningModule(pl.LightningModule):
         freeze_prefixes(model, list(train.freeze))
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
+        self.has_referent_terms = train.referent_cell_weight > 0 or bool(self.attention_weights())
         self._window_referent = 0.0
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
@@ -258,7 +269,7 @@ class OFALightningModule(pl.LightningModule):
         return self.losses(batch)[0]
 
     def losses(self, batch: MicroBatch) -> tuple[Tensor, Tensor | None]:
-        """The summed token loss and, with a referent head, the summed referent-cell cross entropy."""
+        """The summed token loss and, with referent terms on, their weighted sum (None when off)."""
         b = batch.batch
         encoder_out = self.model.encode(b.input_ids, b.patch_images, b.patch_masks)
         decoder_ids = b.decoder_input_ids
@@ -268,15 +279,32 @@ class OFALightningModule(pl.LightningModule):
             decoder_ids = decoder_input_dropout(
                 decoder_ids, self.cfg.decoder_input_dropout, first_text, c.code_start, c.unk_token_id
             )
-        logits = self.model.decode(decoder_ids, encoder_out, b.code_masks).logits
+        cross_attn = self.model.decoder.layers[-1].cross_attn
+        captured: list[tuple[Any, ...]] = []
+        handle = None
+        if self.attention_weights():  # the first call only (gradient checkpointing re-runs it)
+            handle = cross_attn.register_forward_hook(
+                lambda _m, args, _out: captured.append(args) if not captured else None
+            )
+        try:
+            logits = self.model.decode(decoder_ids, encoder_out, b.code_masks).logits
+        finally:
+            if handle is not None:
+                handle.remove()
         referent = None
         if self.referent_head is not None:
-            referent = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
+            cells = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
+            referent = self.cfg.referent_cell_weight * cells
+        if captured:
+            hidden, key, _value, bias, layer = captured[0]
+            probs = cross_attn.probabilities(hidden, key, bias, layer)[:, 0]
+            attention = self.object_attention_loss_sum(batch, probs)
+            referent = attention if referent is None else referent + attention
         return self._token_loss(logits, b.target_ids), referent
 
-    def referent_cell_loss_sum(self, batch: MicroBatch, hidden: Tensor) -> Tensor:
-        """Summed cross entropy between the head's softmax over the patch grid and `referent_cell_targets`
-        over the grounding samples with a box (zero, with a graph, when there are none)."""
+    @staticmethod
+    def _grounding_boxes(batch: MicroBatch) -> tuple[list[int], list[list[float]]]:
+        """Rows of the micro-batch's grounding samples with a box, and those boxes as image fractions."""
         b = batch.batch
         rows, boxes = [], []
         for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
@@ -285,6 +313,13 @@ class OFALightningModule(pl.LightningModule):
                 x0, y0, x1, y1 = meta["box"]
                 rows.append(i)
                 boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
+        return rows, boxes
+
+    def referent_cell_loss_sum(self, batch: MicroBatch, hidden: Tensor) -> Tensor:
+        """Summed cross entropy between the head's softmax over the patch grid and `referent_cell_targets`
+        over the grounding samples with a box (zero, with a graph, when there are none)."""
+        b = batch.batch
+        rows, boxes = self._grounding_boxes(batch)
         num_patches = hidden.shape[1] - b.input_ids.shape[1]  # image patches come first
         grid = math.isqrt(num_patches)
         if not rows or b.patch_images is None or grid * grid != num_patches:
@@ -293,6 +328,49 @@ class OFALightningModule(pl.LightningModule):
         scores = self.referent_head(hidden[index, :num_patches].float()).squeeze(-1)
         targets = referent_cell_targets(torch.tensor(boxes, device=hidden.device), grid)
         return -(targets * scores.log_softmax(-1)).sum()
+
+    def attention_weights(self) -> dict[str, float]:
+        """Task -> weight of its object-attention term (only tasks with a positive weight)."""
+        weights = {
+            "grounding": self.cfg.referent_attention_weight,
+            "caption": self.cfg.caption_attention_weight,
+        }
+        return {task: w for task, w in weights.items() if w > 0}
+
+    def object_attention_loss_sum(self, batch: MicroBatch, probs: Tensor) -> Tensor:
+        """Weighted sum over the micro-batch's samples of the supervised-attention term: for each (target position,
+        boxes) of a sample's ``meta["attend"]``, the cross entropy between uniform targets over the cells of the
+        boxes (the union of their `referent_cell_targets`) and one head's cross-attention `probs` (B, T, keys) at the
+        patch keys, at the decoder step that predicts that position; averaged over the sample's positions, times
+        its task's weight (`attention_weights`). Zero, with a graph, when nothing is supervised."""
+        b = batch.batch
+        weights = self.attention_weights()
+        num_patches = probs.shape[-1] - b.input_ids.shape[1]  # image patches come first among the keys
+        grid = math.isqrt(num_patches)
+        rows, steps, owners, boxes, scale = [], [], [], [], []
+        for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
+            attend = [(t, bs) for t, bs in meta.get("attend", ()) if t < probs.shape[1] and bs]
+            if task not in weights or not attend:
+                continue
+            w, h = meta["image_size"]
+            for t, entry_boxes in attend:
+                for x0, y0, x1, y1 in entry_boxes:
+                    owners.append(len(rows))
+                    boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
+                rows.append(i)
+                steps.append(t)
+                scale.append(weights[task] / len(attend))
+        if not rows or b.patch_images is None or grid * grid != num_patches:
+            return probs.sum() * 0.0
+        device = probs.device
+        covered = referent_cell_targets(torch.tensor(boxes, device=device), grid) > 0
+        union = torch.zeros(len(rows), num_patches, device=device)
+        union.index_add_(0, torch.tensor(owners, device=device), covered.float())
+        targets = (union > 0).float()
+        targets = targets / targets.sum(-1, keepdim=True)
+        attended = probs[torch.tensor(rows, device=device), torch.tensor(steps, device=device), :num_patches]
+        entropy = -(targets * attended.clamp_min(1e-9).log()).sum(-1)
+        return (entropy * torch.tensor(scale, device=device)).sum()
 
     def _token_loss(self, logits: Tensor, target_ids: Tensor) -> Tensor:
         logits, targets = logits.float().flatten(0, 1), target_ids.flatten()
@@ -336,10 +414,10 @@ class OFALightningModule(pl.LightningModule):
         loss_sum, referent_sum = self.losses(batch)
         self._window_loss = self._window_loss + loss_sum.detach().double()
         loss = loss_sum * (world * batch.accumulate) / total
-        if referent_sum is not None:
+        if referent_sum is not None:  # already weighted
             referent = referent_sum / max(1, batch.num_samples)
             self._window_referent = self._window_referent + referent.detach().double()
-            loss = loss + self.cfg.referent_cell_weight * referent
+            loss = loss + referent
         if batch.pairs is not None:
             contrastive = self.contrastive_loss(batch)
             self._window_contrastive = self._window_contrastive + contrastive.detach().double()
@@ -377,7 +455,7 @@ class OFALightningModule(pl.LightningModule):
         )
         self.log("train/tokens_per_sec", values["train/tokens_per_sec"], on_step=True, on_epoch=False)
         record = {"step": step, "loss": values["train/loss"], "lr": values["train/lr"]}
-        if self.referent_head is not None:  # mean over ranks and micro-steps
+        if self.has_referent_terms:  # mean over ranks and micro-steps
             summed = self.trainer.strategy.reduce(self._window_referent, reduce_op="sum")
             referent = float(summed) / (self.trainer.world_size * batch.accumulate)
             self.log("train/referent_loss", referent, on_step=True, on_epoch=False)

@@ -134,6 +134,11 @@ class TrainSection:
     # > 0: grounding samples also train the encoder's image tokens to point at the referent's patch cells
     # (`OFALightningModule.referent_cell_loss_sum`; the small head is not part of the exported model), times this weight.
     referent_cell_weight: float = 0.0
+    # > 0: at each box step of a grounding sample, head 0 of the decoder's last cross-attention is trained to attend
+    # to the referent's patch cells (`OFALightningModule.object_attention_loss_sum`; no parameters), times this weight.
+    referent_attention_weight: float = 0.0
+    # > 0: the same head, at each size/colour/shape word of a world caption, to the cells of the objects it names.
+    caption_attention_weight: float = 0.0
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0

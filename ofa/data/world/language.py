@@ -331,6 +331,42 @@ def make_refs(objects: Sequence[WorldObject], tau: float) -> list[Ref]:
 # ------------------------------------------------------------------------------------ parsing
 
 
+def mention_word_objects(
+    words: Sequence[str], objects: Sequence[tuple[str, str, str]], lang: str
+) -> list[list[int]]:
+    """For each word of a world caption (one entry per token, as `tokenizers/world` splits captions into words):
+    the indices of `objects` ((size, colour, shape) triples) that it describes when it is the size, colour or shape
+    word of a mention ("large red circle", "大的红色圆形"; every object with those three attributes), else ``[]``.
+    Words outside a complete size-colour-shape run, and mentions no object matches, describe nothing."""
+    if lang == "en":
+        size_of = {s: s for s in SIZE_ZH}
+        colour_of = {c: c for c in COLOUR_ZH}
+        shape_of = {**{s: s for s in SHAPE_ZH}, **{p: s for s, p in SHAPE_PLURAL.items()}}
+    elif lang == "zh":
+        size_of = {f"{z}的": s for s, z in SIZE_ZH.items()}
+        colour_of = {z: c for c, z in COLOUR_ZH.items()}
+        shape_of = {z: s for s, z in SHAPE_ZH.items()}
+    else:
+        raise ValueError(f"unknown language {lang!r}")
+    out: list[list[int]] = [[] for _ in words]
+    run: list[int] = []  # positions of the size (and colour) word of the mention being read
+    size = colour = None
+    for i, word in enumerate(w.strip() for w in words):
+        if word in size_of:
+            run, size, colour = [i], size_of[word], None
+        elif word in colour_of and len(run) == 1:
+            run, colour = [*run, i], colour_of[word]
+        elif word in shape_of and len(run) == 2:
+            triple = (size, colour, shape_of[word])
+            matches = [k for k, o in enumerate(objects) if tuple(o) == triple]
+            for position in (*run, i):
+                out[position] = matches
+            run = []
+        else:
+            run = []
+    return out
+
+
 def _alt(words: Sequence[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
