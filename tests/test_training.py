@@ -127,7 +127,8 @@ def test_shipped_recipe_validates():
         ("grounding", "en"),
         ("grounding", "zh"),
     }
-    assert recipe.train.label_smoothing == 0.1 and recipe.train.precision == "32"
+    assert recipe.train.label_smoothing == 0.1 and recipe.train.precision == "bf16-mixed"
+    assert recipe.train.referent_attention_weight == 1.0
 
 
 @pytest.mark.parametrize(
@@ -350,8 +351,14 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_ddp_and_multinode_match_one_process(tmp_path):
-    # dropout 0: same maths everywhere; the referent-cell term is averaged over the global batch too
-    settings = {"max_steps": 4, "batchnorm": "frozen", "warmup_steps": 1, "referent_cell_weight": 1.0}
+    # dropout 0: same maths everywhere; the referent terms are averaged over the global batch too
+    settings = {
+        "max_steps": 4,
+        "batchnorm": "frozen",
+        "warmup_steps": 1,
+        "referent_cell_weight": 1.0,
+        "referent_attention_weight": 0.5,
+    }
     single = tiny_recipe(tmp_path / "single", **settings)
     run_in_process(single)
     reference = losses(tmp_path / "single")
