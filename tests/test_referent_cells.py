@@ -60,29 +60,6 @@ def test_loss_is_the_hand_computed_cross_entropy_over_grounding_samples_only():
     assert got.item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_training_with_the_head_lowers_it_and_export_leaves_it_behind(tmp_path):
-    from safetensors.torch import load_file
-
-    out = tmp_path / "run"
-    values = tiny_recipe(
-        out,
-        size=4,
-        max_steps=30,
-        lr=3e-3,
-        schedule="constant",
-        warmup_steps=0,
-        referent_cell_weight=1.0,
-        checkpoint_every=30,
-    )
-    run_in_process(values)
-    curve = losses(out, "referent_loss")
-    assert len(curve) == 30 and len(losses(out)) == 30
-    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.1, curve
-    assert not any("referent" in k for k in load_file(out / "final/model.safetensors"))
-    ckpt = torch.load(out / "checkpoints/step=000030.ckpt", weights_only=True)
-    assert "referent_head.weight" in ckpt["state_dict"]  # resumable with its head
-
-
 def test_attention_probabilities_are_the_distribution_forward_uses():
     from ofa.models.attention import AttentionBias, OFAAttention
 
@@ -205,7 +182,8 @@ def test_mention_words_are_matched_to_objects_by_hand():
     assert mention_word_objects(["a", "large", "circle"], objects, "en") == [[], [], []]
 
 
-def test_training_with_referent_attention_lowers_it_and_adds_no_weights(tmp_path):
+@pytest.mark.parametrize("term", ["referent_cell_weight", "referent_attention_weight"])
+def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_path, term):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -216,14 +194,18 @@ def test_training_with_referent_attention_lowers_it_and_adds_no_weights(tmp_path
         lr=3e-3,
         schedule="constant",
         warmup_steps=0,
-        referent_attention_weight=1.0,
         checkpoint_every=30,
+        **{term: 1.0},
     )
     run_in_process(values)
     curve = losses(out, "referent_loss")
     assert len(curve) == 30 and len(losses(out)) == 30
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.1, curve
-    ckpt = torch.load(out / "checkpoints/step=000030.ckpt", weights_only=True)
     exported = load_file(out / "final/model.safetensors")
-    assert all(k.startswith("model.") for k in ckpt["state_dict"])  # nothing beside the model to drop
-    assert set(exported) <= {k.removeprefix("model.") for k in ckpt["state_dict"]}
+    state = torch.load(out / "checkpoints/step=000030.ckpt", weights_only=True)["state_dict"]
+    assert set(exported) <= {k.removeprefix("model.") for k in state}
+    extra = {k for k in state if not k.startswith("model.")}
+    # the cell term's head is resumable from checkpoints but not exported; the attention term adds no weights
+    assert extra == (
+        {"referent_head.weight", "referent_head.bias"} if term == "referent_cell_weight" else set()
+    )
