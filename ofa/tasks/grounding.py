@@ -42,9 +42,8 @@ class GroundingTask(Task):
                 raise TaskError(f"grounding: sample {sample.get('id', '?')}: {err}") from None
             target = [int(i) for i in ids] + target
             meta["box"] = [float(v) for v in sample["box"]]
-            meta["attend"] = [
-                (step, [meta["box"]]) for step in range(len(ids))
-            ]  # the referent, at each box token
+            # object attention (train.referent_attention_weight): the referent, at each box token
+            meta["attend"] = [(step, [meta["box"]]) for step in range(len(ids))]
         elif train:
             raise TaskError(f"grounding: training sample {sample.get('id', '?')} has no box")
         return Example(self.name, self.encode_source(self.prompt(text, lang)), target, image, meta=meta)

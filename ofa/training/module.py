@@ -24,9 +24,9 @@ sample; the objects a size / colour / shape word names in a world caption), by c
 sample's supervised steps. That head's query-key match is the binding the tokens need (words to the object's
 patches); the term adds no parameters.
 
-Both referent terms are summed cross entropies over the micro-batch's grounding samples divided by its sample
-count, times their weights, so Lightning's and DDP's averaging give the mean over the global batch (samples of
-other tasks count as zero); their weighted sum is logged as ``referent_loss``.
+Both terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
+their weights, so Lightning's and DDP's averaging give the mean over the global batch (unsupervised samples count
+as zero); their weighted sum is logged as ``referent_loss``.
 
 Decoder input dropout (``train.decoder_input_dropout``). Teacher forcing normally shows the decoder every
 previous word; on the world's held-out colour-shape pairs the shipped model then writes the shape the colour
@@ -302,9 +302,9 @@ class OFALightningModule(pl.LightningModule):
             referent = attention if referent is None else referent + attention
         return self._token_loss(logits, b.target_ids), referent
 
-    @staticmethod
-    def _grounding_boxes(batch: MicroBatch) -> tuple[list[int], list[list[float]]]:
-        """Rows of the micro-batch's grounding samples with a box, and those boxes as image fractions."""
+    def referent_cell_loss_sum(self, batch: MicroBatch, hidden: Tensor) -> Tensor:
+        """Summed cross entropy between the head's softmax over the patch grid and `referent_cell_targets`
+        over the grounding samples with a box (zero, with a graph, when there are none)."""
         b = batch.batch
         rows, boxes = [], []
         for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
@@ -313,13 +313,6 @@ class OFALightningModule(pl.LightningModule):
                 x0, y0, x1, y1 = meta["box"]
                 rows.append(i)
                 boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
-        return rows, boxes
-
-    def referent_cell_loss_sum(self, batch: MicroBatch, hidden: Tensor) -> Tensor:
-        """Summed cross entropy between the head's softmax over the patch grid and `referent_cell_targets`
-        over the grounding samples with a box (zero, with a graph, when there are none)."""
-        b = batch.batch
-        rows, boxes = self._grounding_boxes(batch)
         num_patches = hidden.shape[1] - b.input_ids.shape[1]  # image patches come first
         grid = math.isqrt(num_patches)
         if not rows or b.patch_images is None or grid * grid != num_patches:
