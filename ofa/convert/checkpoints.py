@@ -468,7 +468,7 @@ def save_checkpoint(
     config: OFAConfig, state: dict[str, Tensor], path: str | Path, max_shard_bytes: int = 2 << 30
 ) -> None:
     """Write our format atomically: files are staged beside the target and moved in, `config.json` last."""
-    from safetensors.torch import save_file
+    from .safetensors_io import save_safetensors
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -482,7 +482,7 @@ def save_checkpoint(
         )
         metadata = {"format": "pt", "model_format": FORMAT_NAME}
         for name, shard in zip(names, shards):
-            save_file({k: v.contiguous() for k, v in shard.items()}, str(staging / name), metadata=metadata)
+            save_safetensors({k: v.contiguous() for k, v in shard.items()}, staging / name, metadata=metadata)
         if len(shards) > 1:
             weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
             total = sum(t.numel() * t.element_size() for t in state.values())

@@ -96,7 +96,7 @@ def extract_codes(
     centre-cropped to `image_size` (default: the tokenizer's resolution). Ids must be all integers or all
     strings, and unique. The file is written to a temporary name and moved into place at the end.
     """
-    from safetensors.numpy import save_file
+    from ofa.convert.safetensors_io import save_safetensors
 
     size = tokenizer.config.resolution if image_size is None else int(image_size)
     tokenizer.grid(size)  # validates the size
@@ -138,7 +138,7 @@ def extract_codes(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
-    save_file(tensors_out, str(partial), metadata=metadata)
+    save_safetensors(tensors_out, partial, metadata=metadata)
     os.replace(partial, out_path)
     return len(ids)
 

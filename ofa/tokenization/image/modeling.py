@@ -186,16 +186,15 @@ class ImageTokenizer(nn.Module):
     # ----------------------------------------------------------------------------------------- saving
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `config.json` and `model.safetensors` into `directory` (staged, then moved in)."""
-        from safetensors.torch import save_file
+        from ofa.convert.safetensors_io import save_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
         try:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(
-                state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "model_format": MODEL_FORMAT}
-            )
+            metadata = {"format": "pt", "model_format": MODEL_FORMAT}
+            save_safetensors(state, staging / WEIGHTS_NAME, metadata=metadata)
             header = {"model_format": MODEL_FORMAT, "format_version": FORMAT_VERSION}
             text = json.dumps({**header, **self.config.to_dict()}, indent=2, sort_keys=True) + "\n"
             (staging / CONFIG_NAME).write_text(text)
