@@ -209,3 +209,59 @@ def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_p
     assert extra == (
         {"referent_head.weight", "referent_head.bias"} if term == "referent_cell_weight" else set()
     )
+
+
+def test_attention_layers_sum_their_terms_and_are_validated():
+    from ofa.models import OFAModel
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import RecipeError, TrainSection
+
+    from .test_model import batch, random_model, small_config
+
+    model = random_model(small_config())
+    ids, images, dec, code_masks = batch(model.config)
+    code_masks = torch.zeros(3, dtype=torch.bool)
+    attend = [(s, [[0.0, 0.0, 32.0, 32.0]]) for s in range(1, 5)]  # top-left quarter of the 64 px image
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            input_ids=ids,
+            patch_images=images,
+            patch_masks=None,
+            decoder_input_ids=dec,
+            target_ids=dec,
+            code_masks=code_masks,
+            tasks=["grounding", "caption", "grounding"],
+            meta=[
+                {"attend": attend, "image_size": (64, 64)},
+                {"image_size": (64, 64)},
+                {"image_size": (64, 64)},
+            ],
+        )
+    )
+
+    def run(weight: float, layers: list[int]) -> tuple[float, float | None]:
+        train = TrainSection(referent_attention_weight=weight, attention_layers=layers)
+        module = OFALightningModule(model, train, pad_id=model.config.pad_token_id).eval()
+        with torch.no_grad():
+            tokens, referent = module.losses(micro)
+        return tokens.item(), None if referent is None else referent.item()
+
+    def term(layers: list[int]) -> float:
+        return run(1.0, layers)[1]
+
+    plain, nothing = run(0.0, [-1])
+    assert (
+        nothing is None and run(1.0, [0, 1])[0] == plain
+    )  # watching the heads leaves the forward pass alone
+
+    first, last = term([0]), term([1])
+    assert first > 0 and last > 0 and first != pytest.approx(last)
+    assert term([-1]) == pytest.approx(last) and term([-2]) == pytest.approx(first)
+    assert term([0, 1]) == pytest.approx(first + last, rel=1e-5)
+    with pytest.raises(
+        RecipeError, match=r"train.attention_layers: \[2\] out of range for a decoder of 2 layers"
+    ):
+        OFALightningModule(model, TrainSection(referent_attention_weight=1.0, attention_layers=[2]), pad_id=1)
+    OFALightningModule(
+        OFAModel(small_config()), TrainSection(attention_layers=[5]), pad_id=1
+    )  # terms off: unused

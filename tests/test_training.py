@@ -141,6 +141,17 @@ def test_shipped_recipe_validates():
         (("train", "lr"), "fast", "train.lr: expected float"),
         (("train", "schedule"), "exp", "train.schedule: expected"),
         (("train", "gradient_checkpointing"), "yes", "train.gradient_checkpointing: expected bool"),
+        (
+            ("train", "referent_attention_weight"),
+            -1.0,
+            "train.referent_attention_weight: must be >= 0, got -1.0",
+        ),
+        (
+            ("train", "attention_layers"),
+            [],
+            "train.attention_layers: expected distinct layer indices, got []",
+        ),
+        (("train", "attention_layers"), [1, 1], "train.attention_layers: expected distinct layer indices"),
     ],
 )
 def test_recipe_rejects_bad_keys_and_types(tmp_path, path, value, message):

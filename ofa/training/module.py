@@ -21,7 +21,8 @@ Object attention (``train.referent_attention_weight`` / ``caption_attention_weig
 cross-attention is trained to put its mass on the patch cells of an object, at the steps whose target token
 describes it (``meta["attend"]`` of the example: the referent at each of the four box tokens of a grounding
 sample; the objects a size / colour / shape word names in a world caption), by cross entropy averaged over the
-sample's supervised steps. That head's query-key match is the binding the tokens need (words to the object's
+sample's supervised steps (``train.attention_layers`` picks other or more decoder layers, each counted in full).
+That head's query-key match is the binding the tokens need (words to the object's
 patches); the term adds no parameters.
 
 Both terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
@@ -60,7 +61,7 @@ from torch import Tensor, nn
 from ofa.models import OFAModel
 
 from .data import MicroBatch
-from .recipe import RetrievalSection, TrainSection
+from .recipe import RecipeError, RetrievalSection, TrainSection
 
 
 def parameter_groups(
@@ -245,6 +246,13 @@ class OFALightningModule(pl.LightningModule):
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
         self.has_referent_terms = train.referent_cell_weight > 0 or bool(self.attention_weights())
+        depth = len(model.decoder.layers)
+        outside = [i for i in train.attention_layers if not -depth <= i < depth]
+        if outside and self.attention_weights():
+            raise RecipeError(
+                f"train.attention_layers: {outside} out of range for a decoder of {depth} layers"
+            )
+        self.attention_layers = sorted({i % depth for i in train.attention_layers if -depth <= i < depth})
         self._window_referent = 0.0
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
@@ -279,24 +287,31 @@ class OFALightningModule(pl.LightningModule):
             decoder_ids = decoder_input_dropout(
                 decoder_ids, self.cfg.decoder_input_dropout, first_text, c.code_start, c.unk_token_id
             )
-        cross_attn = self.model.decoder.layers[-1].cross_attn
-        captured: list[tuple[Any, ...]] = []
-        handle = None
-        if self.attention_weights():  # the first call only (gradient checkpointing re-runs it)
-            handle = cross_attn.register_forward_hook(
-                lambda _m, args, _out: captured.append(args) if not captured else None
-            )
+        supervised = [self.model.decoder.layers[i].cross_attn for i in self.attention_layers]
+        captured: dict[int, tuple[Any, ...]] = {}
+        handles = []
+
+        def keep_first_inputs(n: int) -> Callable[..., None]:
+            def hook(_module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
+                captured.setdefault(n, args)  # the first call only (gradient checkpointing re-runs it)
+
+            return hook  # returns None: a forward hook's return value would replace the layer's output
+
+        if self.attention_weights():
+            handles = [c.register_forward_hook(keep_first_inputs(n)) for n, c in enumerate(supervised)]
         try:
             logits = self.model.decode(decoder_ids, encoder_out, b.code_masks).logits
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         referent = None
         if self.referent_head is not None:
             cells = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
             referent = self.cfg.referent_cell_weight * cells
-        if captured:
-            hidden, key, _value, bias, layer = captured[0]
+        for n, cross_attn in enumerate(supervised):
+            if n not in captured:
+                continue
+            hidden, key, _value, bias, layer = captured[n]
             probs = cross_attn.probabilities(hidden, key, bias, layer)[:, 0]
             attention = self.object_attention_loss_sum(batch, probs)
             referent = attention if referent is None else referent + attention

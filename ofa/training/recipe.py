@@ -139,6 +139,9 @@ class TrainSection:
     referent_attention_weight: float = 0.0
     # > 0: the same head, at each size/colour/shape word of a world caption, to the cells of the objects it names.
     caption_attention_weight: float = 0.0
+    # Decoder layers whose cross-attention head 0 those two terms supervise (each layer's term counts in full);
+    # negative indices count from the last layer.
+    attention_layers: list[int] = field(default_factory=lambda: [-1])
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0
@@ -475,8 +478,13 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(
             f"{where}: train.decoder_input_dropout: must be in [0, 1), got {t.decoder_input_dropout}"
         )
-    if t.referent_cell_weight < 0:
-        raise RecipeError(f"{where}: train.referent_cell_weight: must be >= 0, got {t.referent_cell_weight}")
+    for name in ("referent_cell_weight", "referent_attention_weight", "caption_attention_weight"):
+        if getattr(t, name) < 0:
+            raise RecipeError(f"{where}: train.{name}: must be >= 0, got {getattr(t, name)}")
+    if not t.attention_layers or len(set(t.attention_layers)) != len(t.attention_layers):
+        raise RecipeError(
+            f"{where}: train.attention_layers: expected distinct layer indices, got {t.attention_layers}"
+        )
     if not 0 <= t.min_lr_ratio <= 1:
         raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
     if isinstance(t.devices, str) and t.devices != "auto":
