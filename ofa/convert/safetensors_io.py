@@ -32,8 +32,8 @@ def save_safetensors(
         from safetensors.numpy import save_file
     else:
         from safetensors.torch import save_file
-    save_file(dict(tensors), str(raw), metadata=metadata)
     try:
+        save_file(dict(tensors), str(raw), metadata=metadata)
         with open(raw, "rb") as src, open(path, "wb") as dst:
             (size,) = HEADER_LENGTH.unpack(src.read(HEADER_LENGTH.size))
             header = json.loads(src.read(size))

@@ -22,8 +22,8 @@ cross-attention is trained to put its mass on the patch cells of an object, at t
 describes it (``meta["attend"]`` of the example: the referent at each of the four box tokens of a grounding
 sample; the objects a size / colour / shape word names in a world caption), by cross entropy averaged over the
 sample's supervised steps (``train.attention_layers`` picks other or more decoder layers, each counted in full).
-That head's query-key match is the binding the tokens need (words to the object's
-patches); the term adds no parameters.
+That head's query-key match is the binding the tokens need (words to the object's patches); the term adds no
+parameters.
 
 Both terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
 their weights, so Lightning's and DDP's averaging give the mean over the global batch (unsupervised samples count
@@ -292,10 +292,11 @@ class OFALightningModule(pl.LightningModule):
         handles = []
 
         def keep_first_inputs(n: int) -> Callable[..., None]:
+            # Returns None: a forward hook's return value would replace the layer's output.
             def hook(_module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
                 captured.setdefault(n, args)  # the first call only (gradient checkpointing re-runs it)
 
-            return hook  # returns None: a forward hook's return value would replace the layer's output
+            return hook
 
         if self.attention_weights():
             handles = [c.register_forward_hook(keep_first_inputs(n)) for n, c in enumerate(supervised)]
