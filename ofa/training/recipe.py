@@ -134,8 +134,9 @@ class TrainSection:
     # > 0: grounding samples also train the encoder's image tokens to point at the referent's patch cells
     # (`OFALightningModule.referent_cell_loss_sum`; the small head is not part of the exported model), times this weight.
     referent_cell_weight: float = 0.0
-    # > 0: at each box step of a grounding sample, head 0 of the decoder's last cross-attention is trained to attend
-    # to the referent's patch cells (`OFALightningModule.object_attention_loss_sum`; no parameters), times this weight.
+    # > 0: at each box step of a grounding sample, head 0 of the cross-attention of the decoder layers in
+    # `attention_layers` (default: the last) is trained to attend to the referent's patch cells
+    # (`OFALightningModule.object_attention_loss_sum`; no parameters), times this weight.
     referent_attention_weight: float = 0.0
     # > 0: the same head, at each size/colour/shape word of a world caption, to the cells of the objects it names.
     caption_attention_weight: float = 0.0
