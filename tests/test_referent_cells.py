@@ -239,8 +239,8 @@ def test_attention_layers_sum_their_terms_and_are_validated():
         )
     )
 
-    def run(weight: float, layers: list[int]) -> tuple[float, float | None]:
-        train = TrainSection(referent_attention_weight=weight, attention_layers=layers)
+    def run(weight: float, layers: list[int], heads: int = 1) -> tuple[float, float | None]:
+        train = TrainSection(referent_attention_weight=weight, attention_layers=layers, attention_heads=heads)
         module = OFALightningModule(model, train, pad_id=model.config.pad_token_id).eval()
         with torch.no_grad():
             tokens, referent = module.losses(micro)
@@ -265,3 +265,50 @@ def test_attention_layers_sum_their_terms_and_are_validated():
     OFALightningModule(
         OFAModel(small_config()), TrainSection(attention_layers=[5]), pad_id=1
     )  # terms off: unused
+    # attention_heads: the mean of each head's term (heads taken from the last layer's real probabilities)
+    captured = {}
+    cross = model.decoder.layers[-1].cross_attn
+    handle = cross.register_forward_hook(lambda _m, args, _o: captured.setdefault("args", args) and None)
+    with torch.no_grad():
+        model.decode(dec, model.encode(ids, images), code_masks)
+        hidden, key, _value, bias, layer = captured["args"]
+        probs = cross.probabilities(hidden, key, bias, layer)
+    handle.remove()
+    module = OFALightningModule(model, TrainSection(referent_attention_weight=1.0), pad_id=1)
+    per_head = [module.object_attention_loss_sum(micro, probs[:, h]).item() for h in range(4)]
+    assert len({round(v, 4) for v in per_head}) == 4  # the heads differ, so the averages below can tell
+    assert run(1.0, [-1], 1)[1] == pytest.approx(per_head[0], rel=1e-5)
+    assert run(1.0, [-1], 2)[1] == pytest.approx(sum(per_head[:2]) / 2, rel=1e-5)
+    assert run(1.0, [-1], 4)[1] == pytest.approx(sum(per_head) / 4, rel=1e-5)
+    with pytest.raises(RecipeError, match=r"train.attention_heads: 5 not in 1..4"):
+        OFALightningModule(model, TrainSection(referent_attention_weight=1.0, attention_heads=5), pad_id=1)
+
+
+def test_object_attention_term_is_the_cross_entropy_over_the_referent_cells():
+    """Hand-computed: attention uniform over the keys, or all on one of the referent's four cells, gives
+    -mean(log p) over those cells."""
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import batch, random_model, small_config
+
+    model = random_model(small_config())
+    ids, images, dec, _ = batch(model.config)
+    patches = 16  # 64 px image, stride 16: a 4x4 grid; the top-left quarter is cells 0, 1, 4, 5
+    keys = patches + ids.size(1)
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            input_ids=ids,
+            patch_images=images,
+            tasks=["grounding"],
+            meta=[{"attend": [(0, [[0.0, 0.0, 32.0, 32.0]])], "image_size": (64, 64)}],
+        )
+    )
+    probs = torch.full((1, 4, 1, keys), 1.0 / keys)  # (B, heads, T, keys), every head uniform
+    probs[0, 1, 0] = 0.0
+    probs[0, 1, 0, 5] = 1.0  # head 1: everything on one of the four referent cells
+    module = OFALightningModule(model, TrainSection(referent_attention_weight=1.0), pad_id=1)
+    uniform = math.log(keys)  # -log(1/keys) at each cell
+    pinned = -(3 * math.log(1e-9) + math.log(1.0)) / 4  # the log is taken of p clamped at 1e-9
+    assert module.object_attention_loss_sum(micro, probs[:, 0]).item() == pytest.approx(uniform, rel=1e-5)
+    assert module.object_attention_loss_sum(micro, probs[:, 1]).item() == pytest.approx(pinned, rel=1e-5)

@@ -152,6 +152,7 @@ def test_shipped_recipe_validates():
             "train.attention_layers: expected distinct layer indices, got []",
         ),
         (("train", "attention_layers"), [1, 1], "train.attention_layers: expected distinct layer indices"),
+        (("train", "attention_heads"), 0, "train.attention_heads: must be >= 1, got 0"),
     ],
 )
 def test_recipe_rejects_bad_keys_and_types(tmp_path, path, value, message):

@@ -21,7 +21,8 @@ Object attention (``train.referent_attention_weight`` / ``caption_attention_weig
 cross-attention is trained to put its mass on the patch cells of an object, at the steps whose target token
 describes it (``meta["attend"]`` of the example: the referent at each of the four box tokens of a grounding
 sample; the objects a size / colour / shape word names in a world caption), by cross entropy averaged over the
-sample's supervised steps (``train.attention_layers`` picks other or more decoder layers, each counted in full).
+sample's supervised steps (``train.attention_layers`` picks other or more decoder layers, each counted in full;
+``train.attention_heads`` supervises heads 0..n-1 of each, averaged over them).
 That head's query-key match is the binding the tokens need (words to the object's patches); the term adds no
 parameters.
 
@@ -253,6 +254,11 @@ class OFALightningModule(pl.LightningModule):
                 f"train.attention_layers: {outside} out of range for a decoder of {depth} layers"
             )
         self.attention_layers = sorted({i % depth for i in train.attention_layers if -depth <= i < depth})
+        heads = model.config.decoder_attention_heads
+        if self.attention_weights() and not 1 <= train.attention_heads <= heads:
+            raise RecipeError(
+                f"train.attention_heads: {train.attention_heads} not in 1..{heads} (the decoder's attention heads)"
+            )
         self._window_referent = 0.0
         self._window_tokens: Tensor | None = None
         self._window_loss = 0.0
@@ -313,8 +319,9 @@ class OFALightningModule(pl.LightningModule):
             if n not in captured:
                 continue
             hidden, key, _value, bias, layer = captured[n]
-            probs = cross_attn.probabilities(hidden, key, bias, layer)[:, 0]
-            attention = self.object_attention_loss_sum(batch, probs)
+            probs = cross_attn.probabilities(hidden, key, bias, layer)
+            heads = self.cfg.attention_heads
+            attention = sum(self.object_attention_loss_sum(batch, probs[:, h]) for h in range(heads)) / heads
             referent = attention if referent is None else referent + attention
         return self._token_loss(logits, b.target_ids), referent
 

@@ -143,6 +143,9 @@ class TrainSection:
     # Decoder layers whose cross-attention head 0 those two terms supervise (each layer's term counts in full);
     # negative indices count from the last layer.
     attention_layers: list[int] = field(default_factory=lambda: [-1])
+    # How many heads of each such layer (heads 0..n-1) those terms supervise, averaged over the heads, so the
+    # weight means the same for any n. More heads on the referent: the box is read from less of anything else.
+    attention_heads: int = 1
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0
@@ -486,6 +489,8 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(
             f"{where}: train.attention_layers: expected distinct layer indices, got {t.attention_layers}"
         )
+    if t.attention_heads < 1:
+        raise RecipeError(f"{where}: train.attention_heads: must be >= 1, got {t.attention_heads}")
     if not 0 <= t.min_lr_ratio <= 1:
         raise RecipeError(f"{where}: train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
     if isinstance(t.devices, str) and t.devices != "auto":
