@@ -107,45 +107,6 @@ def test_cache_reorder_follows_rows():
     torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
 
 
-def test_source_summary_adds_the_mean_text_output_at_the_first_position_only():
-    config = small_config(decoder_source_summary=True)
-    model = random_model(config)
-    ids, images, dec, code_masks = batch(config)
-    with torch.no_grad():
-        model.decoder.source_summary.weight.copy_(torch.eye(config.d_model))
-        model.decoder.source_summary.bias.zero_()
-        enc = model.encode(ids, images)
-        on = model.decode(dec, enc, code_masks, output_hidden_states=True).hidden_states[0]
-        summary, model.decoder.source_summary = model.decoder.source_summary, None
-        off = model.decode(dec, enc, code_masks, output_hidden_states=True).hidden_states[0]
-        model.decoder.source_summary = summary
-    patches = enc.last_hidden_state.size(1) - ids.size(1)  # image patches come first
-    for row in range(ids.size(0)):
-        text = enc.last_hidden_state[row, patches:][ids[row] != config.pad_token_id]  # pads left out
-        torch.testing.assert_close(on[row, 0] - off[row, 0], text.mean(0), atol=1e-5, rtol=0)
-    torch.testing.assert_close(on[:, 1:], off[:, 1:], atol=0, rtol=0)
-
-
-def test_source_summary_keeps_cached_decoding_exact_and_follows_reordered_rows():
-    config = small_config(decoder_source_summary=True)
-    model = random_model(config)
-    ids, images, dec, code_masks = batch(config)
-    order = torch.tensor([2, 2, 0])
-    with torch.no_grad():
-        enc = model.encode(ids, images)
-        full = model.decode(dec, enc, code_masks).logits
-        out = model.decode(dec[:, :1], enc, code_masks, use_cache=True)
-        steps = [out.logits]
-        for i in range(1, dec.size(1)):
-            out = model.decode(dec[:, i : i + 1], enc, code_masks, cache=out.cache, use_cache=True)
-            steps.append(out.logits)
-        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
-        picked = enc.index_select(order)
-        torch.testing.assert_close(picked.text_mask, enc.text_mask[order], atol=0, rtol=0)
-        again = model.decode(dec[order], picked, code_masks[order]).logits
-    torch.testing.assert_close(again, full[order], atol=1e-5, rtol=0)
-
-
 def test_padding_does_not_change_other_tokens():
     """Extra pads on a row leave that row's decoder logits unchanged (pads are masked keys)."""
     config = small_config()

@@ -76,10 +76,6 @@ class OFAConfig:
     entangle_position_embedding: bool = False
     # fairseq adds raw decoder positions to the decoder input unless --disable-entangle (every release sets it).
     entangle_decoder_positions: bool = False
-    # Not in the official model: add a projection of the mean encoder output over the source text to the decoder's
-    # first input position, so that the first layer's queries already depend on the instruction. Without it the
-    # first step of a small decoder starts from a constant query (bos at position 0) and must pool the text first.
-    decoder_source_summary: bool = False
 
     attn_scale_factor: float = 2.0
     token_bucket_size: int = 256

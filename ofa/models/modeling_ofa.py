@@ -50,7 +50,6 @@ class EncoderOutput:
     padding_mask: Tensor  # (B, S) bool, True at pads
     position_embedding: Tensor
     hidden_states: list[Tensor] | None = None
-    text_mask: Tensor | None = None  # (B, S) bool, True at the source text's non-pad tokens
 
     def index_select(self, index: Tensor) -> EncoderOutput:
         """Rows in the order of `index` (beam expansion and reordering)."""
@@ -58,7 +57,6 @@ class EncoderOutput:
             self.last_hidden_state.index_select(0, index),
             self.padding_mask.index_select(0, index),
             self.position_embedding.index_select(0, index),
-            text_mask=None if self.text_mask is None else self.text_mask.index_select(0, index),
         )
 
 
@@ -341,7 +339,7 @@ class OFAEncoder(_PositionBiasMixin):
         """Encode `[image patches] + [text]`; either part may be absent. `patch_masks[b]=False` hides b's image."""
         if input_ids is None and patch_images is None:
             raise ValueError("the encoder needs input_ids, patch_images or both")
-        parts, pads, positions, kinds, coords, is_text = [], [], [], [], [], []
+        parts, pads, positions, kinds, coords = [], [], [], [], []
         if patch_images is not None:
             features = self.embed_images(patch_images)
             b, _, h, w = features.shape
@@ -363,7 +361,6 @@ class OFAEncoder(_PositionBiasMixin):
             positions.append(self.image_pos_ln(image_pos))
             kinds.append(torch.full_like(pid, KIND_IMAGE))
             coords.append(pid)
-            is_text.append(torch.zeros_like(image_pad))
         if input_ids is not None:
             b, length = input_ids.shape
             if length > self.config.max_source_positions:
@@ -380,7 +377,6 @@ class OFAEncoder(_PositionBiasMixin):
             positions.append(self.pos_ln(text_pos))
             kinds.append(torch.full_like(pos, KIND_TOKEN))
             coords.append(pos)
-            is_text.append(input_ids.ne(self.config.pad_token_id))
 
         x = torch.cat(parts, dim=1)
         padding_mask = torch.cat(pads, dim=1)
@@ -412,7 +408,7 @@ class OFAEncoder(_PositionBiasMixin):
             hidden_states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return EncoderOutput(x, padding_mask, position_embedding, hidden_states, torch.cat(is_text, dim=1))
+        return EncoderOutput(x, padding_mask, position_embedding, hidden_states)
 
 
 # ---------------------------------------------------------------------------------------------- decoder
@@ -430,7 +426,6 @@ class OFADecoder(_PositionBiasMixin):
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
-        self.source_summary = nn.Linear(d, d) if config.decoder_source_summary else None
 
     def image_position_ids(self, steps: Tensor) -> Tensor:
         """Image position id of each decoder step in code mode: 0 for bos, then the code grid row-major."""
@@ -452,15 +447,6 @@ class OFADecoder(_PositionBiasMixin):
             else:
                 x = self.layernorm_embedding(x)
         return self.dropout(x)
-
-    def summarize_source(self, encoder_out: EncoderOutput) -> Tensor:
-        """(B, d): `source_summary` of the mean encoder output over each row's source text (`decoder_source_summary`)."""
-        if encoder_out.text_mask is None:
-            raise ValueError("decoder_source_summary needs an EncoderOutput with text_mask (from OFAEncoder)")
-        hidden = encoder_out.last_hidden_state
-        mask = encoder_out.text_mask.to(hidden.dtype).unsqueeze(-1)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.source_summary(mean)
 
     def forward(
         self,
@@ -534,8 +520,6 @@ class OFADecoder(_PositionBiasMixin):
         )
 
         x = self._embed(input_ids, code_masks, raw)
-        if self.source_summary is not None and past == 0:
-            x = torch.cat([x[:, :1] + self.summarize_source(encoder_out)[:, None], x[:, 1:]], dim=1)
         if self.config.attn_implementation != "flex":
             self_bias.prepare(x.dtype)
             cross_bias.prepare(x.dtype)
