@@ -15,8 +15,8 @@ For every referring expression of the scenes with at least three objects (so tha
   scene, next to the same share for the referents themselves. A model that reads the expression picks as varied
   objects as the referents are; one that ignores it picks the same object whatever the expression says.
 
-``--examples N`` also prints, per checkpoint, the first N scenes where one object got the box of at least three
-expressions that refer to other objects.
+``--examples N`` also prints, per checkpoint, the first N objects (with their scenes) that got the box of at least
+three expressions that refer to other objects.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--lang", default="en", choices=("en", "zh"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--examples", type=int, default=0, help="scenes to print where one object took others' expressions"
+        "--examples", type=int, default=0, help="objects to print that took others' expressions"
     )
     args = parser.parse_args()
     print(f"split {args.split}, {args.scenes} scenes (those with 3-4 objects), {args.lang}\n")
@@ -143,7 +143,7 @@ def main() -> None:
     for checkpoint, lines in examples.items():
         if args.examples:
             print(
-                f"\n{checkpoint}: {len(lines)} scenes where one object took >= 3 other objects' expressions"
+                f"\n{checkpoint}: {len(lines)} objects took the box of >= 3 expressions about other objects"
             )
             for line in lines[: args.examples]:
                 print(f"* {line}")
