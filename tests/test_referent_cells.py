@@ -211,7 +211,7 @@ def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_p
     )
 
 
-def test_attention_layers_sum_their_terms_and_are_validated():
+def test_attention_layers_and_heads_combine_their_terms_and_are_validated():
     from ofa.models import OFAModel
     from ofa.training.module import OFALightningModule
     from ofa.training.recipe import RecipeError, TrainSection
