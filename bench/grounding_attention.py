@@ -31,11 +31,11 @@ import torch
 from ofa import OFA
 from ofa.data.world import World, WorldObject
 from ofa.evaluation.metrics import box_iou
-from ofa.tasks import collate
+from ofa.tasks import Example, collate
 from ofa.training.module import referent_cell_targets
 
 
-def first_step_head0(model: OFA, examples: list, batch_size: int) -> list[torch.Tensor]:
+def first_step_head0(model: OFA, examples: list[Example], batch_size: int) -> list[torch.Tensor]:
     """Per example: head 0's cross-attention at decoder step 0 of the last layer over the patch keys."""
     tok = model.tokenizer
     cross = model.model.decoder.layers[-1].cross_attn
@@ -104,14 +104,14 @@ def diagnose(
         referents.setdefault(scene.index, []).append(ref.target_index)
     for name, table in (("same_pick", picks), ("same_referent", referents)):
         counts[name] = sum(Counter(v).most_common(1)[0][1] for v in table.values())
-    examples = [
+    cases = [
         f"scene {index} ({', '.join(describe(o) for o in by_index[index].objects)}): the "
         f"{describe(by_index[index].objects[boxed])} boxed for {', '.join(texts)}"
         for index, per_object in wrong.items()
         for boxed, texts in per_object.items()
         if len(texts) >= 3
     ]
-    return counts, examples
+    return counts, cases
 
 
 def main() -> None:
@@ -129,10 +129,10 @@ def main() -> None:
     print("| checkpoint | expressions | box right | attention right | box follows attention "
           "| same pick per scene (referents) | seconds |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    examples: dict[str, list[str]] = {}
+    cases: dict[str, list[str]] = {}
     for checkpoint in args.checkpoints:
         start = time.perf_counter()
-        c, examples[checkpoint] = diagnose(checkpoint, args.split, args.scenes, args.lang, args.batch_size)
+        c, cases[checkpoint] = diagnose(checkpoint, args.split, args.scenes, args.lang, args.batch_size)
         n = max(1, c["n"])
         print(
             f"| {checkpoint} | {c['n']} | {c['box_right'] / n:.3f} | {c['attention_right'] / n:.3f} "
@@ -140,7 +140,7 @@ def main() -> None:
             f"| {time.perf_counter() - start:.0f} |"
         )
 
-    for checkpoint, lines in examples.items():
+    for checkpoint, lines in cases.items():
         if args.examples:
             print(
                 f"\n{checkpoint}: {len(lines)} objects took the box of >= 3 expressions about other objects"

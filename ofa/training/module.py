@@ -315,12 +315,12 @@ class OFALightningModule(pl.LightningModule):
         if self.referent_head is not None:
             cells = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
             referent = self.cfg.referent_cell_weight * cells
+        heads = self.cfg.attention_heads
         for n, cross_attn in enumerate(supervised):
             if n not in captured:
                 continue
             hidden, key, _value, bias, layer = captured[n]
             probs = cross_attn.probabilities(hidden, key, bias, layer)
-            heads = self.cfg.attention_heads
             attention = sum(self.object_attention_loss_sum(batch, probs[:, h]) for h in range(heads)) / heads
             referent = attention if referent is None else referent + attention
         return self._token_loss(logits, b.target_ids), referent
