@@ -153,6 +153,7 @@ def test_shipped_recipe_validates():
         ),
         (("train", "attention_layers"), [1, 1], "train.attention_layers: expected distinct layer indices"),
         (("train", "attention_heads"), 0, "train.attention_heads: must be >= 1, got 0"),
+        (("data", "samples_per_scene"), 0, "data.samples_per_scene: must be >= 1, got 0"),
     ],
 )
 def test_recipe_rejects_bad_keys_and_types(tmp_path, path, value, message):
@@ -237,6 +238,35 @@ def test_stream_is_deterministic_and_mixes_tasks(tmp_path):
         assert torch.equal(x.image, y.image)
     picked = {a.components[a.component(g)].task + a.components[a.component(g)].lang for g in range(200)}
     assert picked == {"captionen", "captionzh", "groundingen", "groundingzh"}
+
+
+def test_samples_per_scene_groups_share_component_and_scene_with_distinct_referents(tmp_path):
+    from ofa.training.data import MixtureDataModule
+    from ofa.training.run import load_tokenizer
+
+    values = tiny_recipe(tmp_path / "out")
+    values["data"]["samples_per_scene"] = 3
+    recipe = recipe_from_dict(values)
+    dataset = MixtureDataModule(recipe, load_tokenizer(recipe), 64).dataset
+    groups = [[dataset.component(g) for g in range(3 * q, 3 * q + 3)] for q in range(60)]
+    assert all(len(set(group)) == 1 for group in groups)
+    assert len({group[0] for group in groups}) == 4  # groups still draw every component
+    source = next(s for s in dataset.sources if s.task == "grounding")
+    world, crowded = source.world, 0
+    for q in range(40):
+        scene = world.scene("train", q)
+        samples = [source[3 * q + slot] for slot in range(3)]
+        assert {s["id"] for s in samples} == {f"train/{q}"}
+        refs = {(r.text, tuple(r.box)) for r in scene.refs_for(source.lang)}
+        assert all((s["text"], tuple(s["box"])) in refs for s in samples)
+        referents = {r.target_index for r in scene.refs_for(source.lang)}
+        boxes = {tuple(s["box"]) for s in samples}
+        assert len(boxes) == min(3, len(referents))  # different objects while the scene has them
+        crowded += len(referents) >= 3
+    assert crowded > 5
+    values["data"]["kind"] = "files"
+    with pytest.raises(RecipeError, match="data.samples_per_scene: only read with data.kind: world"):
+        recipe_from_dict(values)
 
 
 def test_task_options_reach_the_task_and_are_checked(tmp_path):

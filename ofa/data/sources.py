@@ -7,6 +7,7 @@ position and two processes can split one global batch exactly.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,10 @@ def _pick(index: int, n: int, salt: str) -> int:
 class WorldSource:
     """Samples of one task and language drawn from the synthetic world; sample i comes from scene i.
 
-    `size` bounds the index space (None: unbounded, each index a new scene).
+    `size` bounds the index space (None: unbounded, each index a new scene). With `expressions_per_scene` n > 1,
+    grounding sample i comes from scene i // n instead, and the n samples of a scene refer to different objects
+    (in an order shuffled per scene, cycling when it has fewer than n), so one batch asks for several of its
+    objects and only reading the expression can get them all right.
     """
 
     world: World
@@ -30,6 +34,7 @@ class WorldSource:
     task: str
     lang: str = "en"
     size: int | None = None
+    expressions_per_scene: int = 1
 
     def __len__(self) -> int:
         if self.size is None:
@@ -39,6 +44,8 @@ class WorldSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.size is not None and not 0 <= index < self.size:
             raise IndexError(index)
+        if self.task == "grounding" and self.expressions_per_scene > 1:
+            return self._grounding_in_group(index)
         scene = self.world.scene(self.split, index)
         base = {"image": scene.image, "lang": self.lang, "id": f"{self.split}/{index}"}
         if self.task == "caption":
@@ -63,6 +70,21 @@ class WorldSource:
         if self.task == "itm":
             return {**base, **self._itm_text(scene, index)}
         raise ValueError(f"the world has no samples for task {self.task!r}")
+
+    def _grounding_in_group(self, index: int) -> dict[str, Any]:
+        """Grounding sample `index` with `expressions_per_scene` n: slot index % n of scene index // n."""
+        n = self.expressions_per_scene
+        scene_index, slot = divmod(index, n)
+        scene = self.world.scene(self.split, scene_index)
+        refs = scene.refs_for(self.lang)
+        salt = f"{self.split}-{self.lang}-group"
+        targets = sorted({r.target_index for r in refs})
+        random.Random(f"{salt}:{scene_index}").shuffle(targets)
+        target = targets[slot % len(targets)]
+        candidates = [r for r in refs if r.target_index == target]
+        ref = candidates[_pick(index, len(candidates), salt + "-ref")]
+        base = {"image": scene.image, "lang": self.lang, "id": f"{self.split}/{scene_index}"}
+        return {**base, "text": ref.text, "box": list(ref.box), "kind": ref.kind}
 
     def _itm_text(self, scene: Scene, index: int) -> dict[str, Any]:
         """Half the samples (by hash) pair the scene with one of its captions, the rest with a caption of another

@@ -2,7 +2,8 @@
 
 Global sample index ``g`` (0, 1, 2, ...) -> component (task, lang, split) chosen by weight from a sha256 hash
 of ``(seed, g)`` -> source sample ``g`` (``g mod size`` for bounded components; a data file of `data.kind: files`
-is always bounded, by its length or `size`) -> `Example`, built with
+is always bounded, by its length or `size`; with `data.samples_per_scene` n the component is drawn per group
+``g // n``, and world grounding reads scene ``g // n``) -> `Example`, built with
 ``random.Random(hash(seed, g))``. Nothing else is random, so the data position of a run is one integer,
 the number of samples consumed (``global_step * batch_size``), and resuming restarts the stream there.
 
@@ -168,13 +169,18 @@ class MixtureDataset(Dataset):
         world: World | None,
         seed: int,
         sources: list[SampleFile] | None = None,
+        samples_per_scene: int = 1,
     ) -> None:
         self.components = list(components)
         self.tasks = tasks
         self.seed = seed
+        self.group = samples_per_scene
         if sources is None:  # data.kind: world
             assert world is not None, "a mixture without data files reads the world"
-            self.sources = [WorldSource(world, c.split, c.task, c.lang) for c in self.components]
+            self.sources = [
+                WorldSource(world, c.split, c.task, c.lang, expressions_per_scene=samples_per_scene)
+                for c in self.components
+            ]
             self.sizes = [c.size for c in self.components]
         else:  # one data file per component, read from sample 0 again after its end (or after `size`)
             self.sources = list(sources)
@@ -187,8 +193,9 @@ class MixtureDataset(Dataset):
             self._cumulative.append(acc)
 
     def component(self, g: int) -> int:
-        """Index of the mixture component that global sample `g` comes from."""
-        u = stable_hash("mixture", self.seed, g) / 2.0**64
+        """Index of the mixture component that global sample `g` comes from (one per group of
+        `samples_per_scene` consecutive samples)."""
+        u = stable_hash("mixture", self.seed, g // self.group) / 2.0**64
         for i, edge in enumerate(self._cumulative):
             if u < edge:
                 return i
@@ -318,7 +325,10 @@ class MixtureDataModule(pl.LightningDataModule):
                 for i, c in enumerate(recipe.data.mixture)
             ]
             check_stored_codes(recipe, self.tasks, sources)
-        self.dataset = MixtureDataset(recipe.data.mixture, self.tasks, self.world, recipe.train.seed, sources)
+        per_scene = recipe.data.samples_per_scene
+        self.dataset = MixtureDataset(
+            recipe.data.mixture, self.tasks, self.world, recipe.train.seed, sources, per_scene
+        )
         self.pairs = None  # the contrastive pair stream of `data.retrieval`, if any
         pairs_section = recipe.data.retrieval
         if pairs_section is not None:

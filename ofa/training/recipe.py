@@ -111,6 +111,9 @@ class DataSection:
     max_source_length: int = 128
     max_target_length: int = 64
     num_workers: int = 0
+    # World only: consecutive global samples come in groups of this many that share a mixture component; a group
+    # of grounding samples shares one scene, each expression about a different object (`WorldSource`).
+    samples_per_scene: int = 1
     # Per task constructor options, e.g. {caption: {train_target: first}} (see each task's docstring).
     task_options: dict[str, Any] = field(default_factory=dict)
     retrieval: RetrievalSection | None = None  # contrastive pairs beside the mixture; null: none
@@ -460,6 +463,7 @@ def _check(recipe: Recipe, where: str) -> None:
         "train.checkpoint_every": t.checkpoint_every,
         "train.log_every": t.log_every,
         "eval.batch_size": recipe.eval.batch_size,
+        "data.samples_per_scene": recipe.data.samples_per_scene,
     }
     for key, value in positive.items():
         if value < 1:
@@ -518,6 +522,8 @@ def _check_files(recipe: Recipe, where: str) -> None:
     sections = [(f"data.mixture.{i}", comp.task, comp) for i, comp in enumerate(data.mixture)]
     if data.retrieval is not None:
         sections.append(("data.retrieval", "retrieval", data.retrieval))
+    if files and data.samples_per_scene != 1:
+        raise RecipeError(f"{where}: data.samples_per_scene: only read with data.kind: world (files: keep 1)")
     for key, task, section in sections:
         if not files:
             for name in ("path", "format"):
