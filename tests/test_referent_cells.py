@@ -1,5 +1,5 @@
 """Auxiliary grounding terms: the referent-cell head (`train.referent_cell_weight`) and supervised cross-attention
-(`train.referent_attention_weight`, `train.caption_attention_weight`)."""
+(`train.referent_attention_weight`, `train.caption_attention_weight`, `train.expression_attention_weight`)."""
 
 from __future__ import annotations
 
@@ -182,7 +182,9 @@ def test_mention_words_are_matched_to_objects_by_hand():
     assert mention_word_objects(["a", "large", "circle"], objects, "en") == [[], [], []]
 
 
-@pytest.mark.parametrize("term", ["referent_cell_weight", "referent_attention_weight"])
+@pytest.mark.parametrize(
+    "term", ["referent_cell_weight", "referent_attention_weight", "expression_attention_weight"]
+)
 def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_path, term):
     from safetensors.torch import load_file
 
@@ -312,3 +314,40 @@ def test_object_attention_term_is_the_cross_entropy_over_the_referent_cells():
     pinned = -(3 * math.log(1e-9) + math.log(1.0)) / 4  # the log is taken of p clamped at 1e-9
     assert module.object_attention_loss_sum(micro, probs[:, 0]).item() == pytest.approx(uniform, rel=1e-5)
     assert module.object_attention_loss_sum(micro, probs[:, 1]).item() == pytest.approx(pinned, rel=1e-5)
+
+
+def test_expression_attention_term_is_the_cross_entropy_over_the_expression_tokens():
+    """Hand-computed: attention uniform over all keys gives log(keys) per box step; all of it on one of the three
+    expression tokens gives -(2 log 1e-9 + log 1) / 3; non-grounding samples and steps past the decoder length
+    count as nothing; the weight scales the sum."""
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import batch, random_model, small_config
+
+    model = random_model(small_config())
+    ids, images, _, _ = batch(model.config)
+    ids = ids[:1].expand(2, -1)
+    patches = 16  # 64 px image, stride 16
+    keys = patches + ids.size(1)
+    box_steps = [(t, [[0.0, 0.0, 32.0, 32.0]]) for t in range(4)]
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            input_ids=ids,
+            patch_images=images[:1].expand(2, -1, -1, -1),
+            tasks=["grounding", "caption"],
+            meta=[
+                {"attend": box_steps, "expression": (2, 5), "image_size": (64, 64)},
+                {"attend": box_steps, "expression": (2, 5), "image_size": (64, 64)},
+            ],
+        )
+    )
+    probs = torch.full((2, 2, keys), 1.0 / keys)  # (B, T, keys): only steps 0 and 1 exist
+    module = OFALightningModule(model, TrainSection(expression_attention_weight=2.0), pad_id=1)
+    assert module.expression_attention_loss_sum(micro, probs).item() == pytest.approx(
+        2 * math.log(keys), rel=1e-5
+    )
+    probs[0, :] = 0.0
+    probs[0, :, patches + 3] = 1.0  # on the second expression token (source position 3)
+    pinned = -(2 * math.log(1e-9) + math.log(1.0)) / 3
+    assert module.expression_attention_loss_sum(micro, probs).item() == pytest.approx(2 * pinned, rel=1e-5)

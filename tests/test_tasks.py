@@ -58,6 +58,23 @@ def test_grounding_round_trips_boxes_within_one_bin(tokenizer, world, lang):
         assert np.abs(np.array(box) - np.array(sample["box"])).max() <= bin_width / 2 + 1e-4
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_grounding_examples_mark_exactly_the_expression_tokens(tokenizer, world, lang):
+    """`meta["expression"]` (train.expression_attention_weight) spans the tokens that decode to the expression
+    itself, for every world expression of 20 scenes."""
+    task = get_task("grounding")(tokenizer, image_size=96)
+    joiner = " " if lang == "en" else ""
+    seen = 0
+    for scene in world.iter("val", 20):
+        for ref in scene.refs_for(lang):
+            example = task.build({"image": scene.image, "text": ref.text, "box": list(ref.box), "lang": lang})
+            start, end = example.meta["expression"]
+            words = [tokenizer.decode([i]).strip() for i in example.source[start:end]]
+            assert joiner.join(words) == ref.text, (ref.text, words)
+            seen += 1
+    assert seen > 100
+
+
 def test_grounding_on_a_non_square_image_scales_back(tokenizer):
     """A 200x100 image is squashed to S x S; the parsed box is in original pixels again (hand-computed bins)."""
     task = get_task("grounding")(tokenizer, image_size=128)

@@ -46,7 +46,26 @@ class GroundingTask(Task):
             meta["attend"] = [(step, [meta["box"]]) for step in range(len(ids))]
         elif train:
             raise TaskError(f"grounding: training sample {sample.get('id', '?')} has no box")
-        return Example(self.name, self.encode_source(self.prompt(text, lang)), target, image, meta=meta)
+        source = self.encode_source(self.prompt(text, lang))
+        # expression attention (train.expression_attention_weight): the source tokens of the expression, found as
+        # the tokens that differ from the prompt around a one-character filler (two fillers: the expression may
+        # start or end like one of them)
+        spans = [self._expression_span(source, self.encode_source(self.prompts[lang].format(f))) for f in "01"]
+        meta["expression"] = (min(a for a, _ in spans), max(b for _, b in spans))
+        return Example(self.name, source, target, image, meta=meta)
+
+    @staticmethod
+    def _expression_span(source: list[int], empty: list[int]) -> tuple[int, int]:
+        """[start, end) of the source tokens that are not the prompt's: its common prefix and suffix with the
+        prompt built around a filler expression are cut off."""
+        limit = min(len(source), len(empty))
+        start = 0
+        while start < limit and source[start] == empty[start]:
+            start += 1
+        suffix = 0
+        while suffix < limit - start and source[-1 - suffix] == empty[-1 - suffix]:
+            suffix += 1
+        return start, len(source) - suffix
 
     def default_search(self) -> dict[str, Any]:
         # Official refcoco evaluation: beam 5, exactly 4 tokens; here restricted to bins (see constraint).

@@ -246,7 +246,11 @@ class OFALightningModule(pl.LightningModule):
         freeze_prefixes(model, list(train.freeze))
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
-        self.has_referent_terms = train.referent_cell_weight > 0 or bool(self.attention_weights())
+        self.has_referent_terms = (
+            train.referent_cell_weight > 0
+            or bool(self.attention_weights())
+            or train.expression_attention_weight > 0
+        )
         depth = len(model.decoder.layers)
         outside = [i for i in train.attention_layers if not -depth <= i < depth]
         if outside and self.attention_weights():
@@ -306,6 +310,9 @@ class OFALightningModule(pl.LightningModule):
 
         if self.attention_weights():
             handles = [c.register_forward_hook(keep_first_inputs(n)) for n, c in enumerate(supervised)]
+        reading = self.model.decoder.layers[0].cross_attn
+        if self.cfg.expression_attention_weight > 0:
+            handles.append(reading.register_forward_hook(keep_first_inputs(-1)))
         try:
             logits = self.model.decode(decoder_ids, encoder_out, b.code_masks).logits
         finally:
@@ -316,6 +323,12 @@ class OFALightningModule(pl.LightningModule):
             cells = self.referent_cell_loss_sum(batch, encoder_out.last_hidden_state)
             referent = self.cfg.referent_cell_weight * cells
         heads = self.cfg.attention_heads
+        if -1 in captured:
+            hidden, key, _value, bias, layer = captured[-1]
+            words = self.expression_attention_loss_sum(
+                batch, reading.probabilities(hidden, key, bias, layer)[:, 0]
+            )
+            referent = words if referent is None else referent + words
         for n, cross_attn in enumerate(supervised):
             if n not in captured:
                 continue
@@ -386,6 +399,34 @@ class OFALightningModule(pl.LightningModule):
         targets = targets / targets.sum(-1, keepdim=True)
         attended = probs[torch.tensor(rows, device=device), torch.tensor(steps, device=device), :num_patches]
         entropy = -(targets * attended.clamp_min(1e-9).log()).sum(-1)
+        return (entropy * torch.tensor(scale, device=device)).sum()
+
+    def expression_attention_loss_sum(self, batch: MicroBatch, probs: Tensor) -> Tensor:
+        """Summed over the micro-batch's grounding samples: the cross entropy between uniform targets over the source
+        tokens of the expression (``meta["expression"]``) and one head's cross-attention `probs` (B, T, keys) over
+        all keys, averaged over the sample's box steps (those of ``meta["attend"]``), times
+        ``train.expression_attention_weight``. Zero, with a graph, when no sample has an expression."""
+        b = batch.batch
+        num_patches = probs.shape[-1] - b.input_ids.shape[1]  # image patches come first among the keys
+        rows, steps, spans, scale = [], [], [], []
+        for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
+            start, end = meta.get("expression", (0, 0))
+            box_steps = [t for t, _ in meta.get("attend", ()) if t < probs.shape[1]]
+            if task != "grounding" or end <= start or not box_steps:
+                continue
+            for t in box_steps:
+                rows.append(i)
+                steps.append(t)
+                spans.append((num_patches + start, num_patches + end))
+                scale.append(self.cfg.expression_attention_weight / len(box_steps))
+        if not rows:
+            return probs.sum() * 0.0
+        device = probs.device
+        targets = torch.zeros(len(rows), probs.shape[-1], device=device)
+        for row, (lo, hi) in enumerate(spans):
+            targets[row, lo:hi] = 1.0 / (hi - lo)
+        attended = probs[torch.tensor(rows, device=device), torch.tensor(steps, device=device)]
+        entropy = -(targets * attended.float().clamp_min(1e-9).log()).sum(-1)
         return (entropy * torch.tensor(scale, device=device)).sum()
 
     def _token_loss(self, logits: Tensor, target_ids: Tensor) -> Tensor:

@@ -149,6 +149,10 @@ class TrainSection:
     # How many heads of each such layer (heads 0..n-1) those terms supervise, averaged over the heads, so the
     # weight means the same for any n. On the world, 4 instead of 1 grounded worse (checkpoints/ofa-world-tiny).
     attention_heads: int = 1
+    # > 0: at each box step of a grounding sample, head 0 of the FIRST decoder layer's cross-attention is trained
+    # to attend to the expression's source tokens, uniformly (`OFALightningModule.expression_attention_loss_sum`;
+    # no parameters), times this weight: the box query then carries the words the referent is matched by.
+    expression_attention_weight: float = 0.0
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0
@@ -486,7 +490,12 @@ def _check(recipe: Recipe, where: str) -> None:
         raise RecipeError(
             f"{where}: train.decoder_input_dropout: must be in [0, 1), got {t.decoder_input_dropout}"
         )
-    for name in ("referent_cell_weight", "referent_attention_weight", "caption_attention_weight"):
+    for name in (
+        "referent_cell_weight",
+        "referent_attention_weight",
+        "caption_attention_weight",
+        "expression_attention_weight",
+    ):
         if getattr(t, name) < 0:
             raise RecipeError(f"{where}: train.{name}: must be >= 0, got {getattr(t, name)}")
     if not t.attention_layers or len(set(t.attention_layers)) != len(t.attention_layers):
