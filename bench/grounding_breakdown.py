@@ -12,7 +12,8 @@ the referent and with every other object of the scene:
 
 Unlike `ofa eval` (one expression per scene), every expression of every scene is scored, so multi-object
 scenes weigh more. Prints a Markdown table per checkpoint: rows by expression kind, then by the number of objects
-in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time).
+in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time),
+then the attribute expressions by the words they use ("size+colour": "the large red object"; "shape": "the star").
 """
 
 from __future__ import annotations
@@ -24,10 +25,27 @@ from collections import Counter, defaultdict
 import torch
 
 from ofa import OFA
-from ofa.data.world import World
+from ofa.data.world import Ref, World, WorldObject
+from ofa.data.world.vocab import COLOUR_ZH, SHAPE_ZH, SIZE_ZH
 from ofa.evaluation.metrics import box_iou
 
 KINDS = ("attribute", "relation", "ordinal")
+WORD_KINDS = ("size", "colour", "shape")
+
+
+def attribute_words(ref: Ref, target: WorldObject) -> str:
+    """Which of the target's size / colour / shape an attribute expression names, e.g. "size+shape"."""
+    if ref.lang == "en":
+        words = ref.text.split()
+        named = (target.size in words, target.colour in words, target.shape in words)
+    else:  # "大的红色星形", "红色的物体", "星形"
+        text = ref.text
+        named = (
+            text.startswith(SIZE_ZH[target.size]),
+            COLOUR_ZH[target.colour] in text,
+            SHAPE_ZH[target.shape] in text,
+        )
+    return "+".join(kind for kind, on in zip(WORD_KINDS, named) if on)
 
 
 def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict[tuple[str, str], Counter]:
@@ -46,7 +64,10 @@ def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict
             ]
             right = ious[ref.target_index] >= 0.5
             other = not right and max(ious) >= 0.5
-            for key in ((lang, ref.kind), (lang, "all"), (lang, f"{len(scene.objects)} objects")):
+            keys = [(lang, ref.kind), (lang, "all"), (lang, f"{len(scene.objects)} objects")]
+            if ref.kind == "attribute":
+                keys.append((lang, "attribute: " + attribute_words(ref, scene.objects[ref.target_index])))
+            for key in keys:
                 counts[key].update(n=1, right=int(right), other=int(other), none=int(not right and not other))
     return counts
 
@@ -68,7 +89,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for lang in ("en", "zh"):
             by_objects = sorted(k for (lg, k) in counts if lg == lang and k.endswith(" objects"))
-            for kind in (*KINDS, "all", *by_objects):
+            by_words = sorted(k for (lg, k) in counts if lg == lang and k.startswith("attribute: "))
+            for kind in (*KINDS, "all", *by_objects, *by_words):
                 c = counts[(lang, kind)]
                 n = max(1, c["n"])
                 print(
