@@ -183,7 +183,13 @@ def test_mention_words_are_matched_to_objects_by_hand():
 
 
 @pytest.mark.parametrize(
-    "term", ["referent_cell_weight", "referent_attention_weight", "expression_attention_weight"]
+    "term",
+    [
+        "referent_cell_weight",
+        "referent_attention_weight",
+        "expression_attention_weight",
+        "key_attribute_weight",
+    ],
 )
 def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_path, term):
     from safetensors.torch import load_file
@@ -208,9 +214,11 @@ def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_p
     assert set(exported) <= {k.removeprefix("model.") for k in state}
     extra = {k for k in state if not k.startswith("model.")}
     # the cell term's head is resumable from checkpoints but not exported; the attention term adds no weights
-    assert extra == (
-        {"referent_head.weight", "referent_head.bias"} if term == "referent_cell_weight" else set()
-    )
+    heads = {
+        "referent_cell_weight": {"referent_head"},
+        "key_attribute_weight": {"key_heads.size", "key_heads.colour", "key_heads.shape"},
+    }.get(term, set())
+    assert extra == {f"{head}.{p}" for head in heads for p in ("weight", "bias")}
 
 
 def test_attention_layers_and_heads_combine_their_terms_and_are_validated():
@@ -351,3 +359,41 @@ def test_expression_attention_term_is_the_cross_entropy_over_the_expression_toke
     probs[0, :, patches + 3] = 1.0  # on the second expression token (source position 3)
     pinned = -(2 * math.log(1e-9) + math.log(1.0)) / 3
     assert module.expression_attention_loss_sum(micro, probs).item() == pytest.approx(2 * pinned, rel=1e-5)
+
+
+def test_key_attribute_term_is_the_cross_entropy_of_the_cells_object_attributes():
+    """Hand-computed: zero heads give log(V) per attribute; a colour head sure of "red" on a red object's cells
+    leaves only size and shape; samples without object boxes count as nothing."""
+    from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES, SIZES
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import batch, random_model, small_config
+
+    model = random_model(small_config())
+    ids, images, _, _ = batch(model.config)
+    module = OFALightningModule(model, TrainSection(key_attribute_weight=1.0), pad_id=1)
+    for head in module.key_heads.values():
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    red_star = {
+        "objects": [("large", "red", "star")],
+        "object_boxes": [[0.0, 0.0, 32.0, 32.0]],
+        "image_size": (64, 64),
+    }
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            input_ids=ids[:2],
+            patch_images=images[:2],
+            tasks=["caption", "grounding"],
+            meta=[red_star, {"image_size": (64, 64)}],
+        )
+    )
+    head_dim = model.config.d_model // model.config.decoder_attention_heads
+    keys = torch.randn(2, 16 + ids.size(1), head_dim)  # 64 px image: 4x4 patch cells first
+    uniform = math.log(len(SIZES)) + math.log(len(COLOUR_NAMES)) + math.log(len(SHAPE_NAMES))
+    assert module.key_attribute_loss_sum(micro, keys).item() == pytest.approx(uniform, rel=1e-5)
+    with torch.no_grad():
+        module.key_heads["colour"].bias[COLOUR_NAMES.index("red")] = 100.0
+    sure = math.log(len(SIZES)) + math.log(len(SHAPE_NAMES))
+    assert module.key_attribute_loss_sum(micro, keys).item() == pytest.approx(sure, rel=1e-5)

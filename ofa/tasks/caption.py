@@ -44,6 +44,8 @@ class CaptionTask(Task):
         meta = {"id": sample.get("id"), "lang": lang, "references": captions, "image_size": size}
         if "objects" in sample:
             meta["objects"] = sample["objects"]
+            if sample.get("object_boxes") is not None:  # train.key_attribute_weight
+                meta["object_boxes"] = [[float(v) for v in box] for box in sample["object_boxes"]]
         target = self.encode_text_target(target_text)
         if train and "objects" in sample and sample.get("object_boxes") is not None:
             meta["attend"] = self.attend_targets(target, sample["objects"], sample["object_boxes"], lang)

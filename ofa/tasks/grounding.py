@@ -50,7 +50,9 @@ class GroundingTask(Task):
         # expression attention (train.expression_attention_weight): the source tokens of the expression, found as
         # the tokens that differ from the prompt around a one-character filler (two fillers: the expression may
         # start or end like one of them)
-        spans = [self._expression_span(source, self.encode_source(self.prompts[lang].format(f))) for f in "01"]
+        spans = [
+            self._expression_span(source, self.encode_source(self.prompts[lang].format(f))) for f in "01"
+        ]
         meta["expression"] = (min(a for a, _ in spans), max(b for _, b in spans))
         return Example(self.name, source, target, image, meta=meta)
 

@@ -246,10 +246,20 @@ class OFALightningModule(pl.LightningModule):
         freeze_prefixes(model, list(train.freeze))
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
+        self.key_heads = None
+        if train.key_attribute_weight > 0:
+            from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES, SIZES
+
+            self.key_vocab = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPE_NAMES}
+            head_dim = model.config.d_model // model.config.decoder_attention_heads
+            self.key_heads = nn.ModuleDict(
+                {k: nn.Linear(head_dim, len(v)) for k, v in self.key_vocab.items()}
+            )
         self.has_referent_terms = (
             train.referent_cell_weight > 0
             or bool(self.attention_weights())
             or train.expression_attention_weight > 0
+            or self.key_heads is not None
         )
         depth = len(model.decoder.layers)
         outside = [i for i in train.attention_layers if not -depth <= i < depth]
@@ -308,7 +318,7 @@ class OFALightningModule(pl.LightningModule):
 
             return hook
 
-        if self.attention_weights():
+        if self.attention_weights() or self.key_heads is not None:
             handles = [c.register_forward_hook(keep_first_inputs(n)) for n, c in enumerate(supervised)]
         reading = self.model.decoder.layers[0].cross_attn
         if self.cfg.expression_attention_weight > 0:
@@ -333,6 +343,11 @@ class OFALightningModule(pl.LightningModule):
             if n not in captured:
                 continue
             hidden, key, _value, bias, layer = captured[n]
+            if self.key_heads is not None:
+                keys = self.cfg.key_attribute_weight * self.key_attribute_loss_sum(batch, key[:, 0])
+                referent = keys if referent is None else referent + keys
+            if not self.attention_weights():
+                continue
             probs = cross_attn.probabilities(hidden, key, bias, layer)
             attention = sum(self.object_attention_loss_sum(batch, probs[:, h]) for h in range(heads)) / heads
             referent = attention if referent is None else referent + attention
@@ -400,6 +415,38 @@ class OFALightningModule(pl.LightningModule):
         attended = probs[torch.tensor(rows, device=device), torch.tensor(steps, device=device), :num_patches]
         entropy = -(targets * attended.clamp_min(1e-9).log()).sum(-1)
         return (entropy * torch.tensor(scale, device=device)).sum()
+
+    def key_attribute_loss_sum(self, batch: MicroBatch, keys: Tensor) -> Tensor:
+        """Summed over the micro-batch's samples with ``meta["objects"]`` and ``meta["object_boxes"]``: the cross
+        entropy of `key_heads` (size, colour, shape) on one head's `keys` (B, keys, head_dim) at the patch cells each
+        object covers (`referent_cell_targets`), averaged over the sample's labelled cells. Zero, with a graph, when
+        no sample has objects."""
+        b = batch.batch
+        num_patches = keys.shape[1] - b.input_ids.shape[1]  # image patches come first among the keys
+        grid = math.isqrt(num_patches)
+        total = keys.sum() * 0.0
+        if b.patch_images is None or grid * grid != num_patches:
+            return total
+        for i, meta in enumerate(b.meta):
+            objects, boxes = meta.get("objects"), meta.get("object_boxes")
+            if not objects or not boxes:
+                continue
+            w, h = meta["image_size"]
+            fractions = torch.tensor([[x0 / w, y0 / h, x1 / w, y1 / h] for x0, y0, x1, y1 in boxes])
+            covered = (referent_cell_targets(fractions, grid) > 0).to(keys.device)
+            cells, owners = [], []
+            for k in range(len(objects)):
+                for cell in covered[k].nonzero().flatten().tolist():
+                    if cell not in cells:  # a cell two boxes reach keeps the first object
+                        cells.append(cell)
+                        owners.append(k)
+            if not cells:
+                continue
+            features = keys[i, cells].float()
+            for position, (name, vocab) in enumerate(self.key_vocab.items()):
+                labels = torch.tensor([vocab.index(objects[k][position]) for k in owners], device=keys.device)
+                total = total + F.cross_entropy(self.key_heads[name](features), labels)
+        return total
 
     def expression_attention_loss_sum(self, batch: MicroBatch, probs: Tensor) -> Tensor:
         """Summed over the micro-batch's grounding samples: the cross entropy between uniform targets over the source
@@ -528,8 +575,9 @@ class OFALightningModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr_scale)
-        if self.referent_head is not None:
-            head = self.referent_head
+        heads = [self.referent_head] if self.referent_head is not None else []
+        heads += list(self.key_heads.values()) if self.key_heads is not None else []
+        for head in heads:
             groups[0]["params"] = [*groups[0]["params"], head.weight]  # with decay, as model matrices
             groups[1]["params"] = [*groups[1]["params"], head.bias]
         optimizer = torch.optim.AdamW(

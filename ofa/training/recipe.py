@@ -153,6 +153,11 @@ class TrainSection:
     # to attend to the expression's source tokens, uniformly (`OFALightningModule.expression_attention_loss_sum`;
     # no parameters), times this weight: the box query then carries the words the referent is matched by.
     expression_attention_weight: float = 0.0
+    # > 0: the keys of the head the object-attention terms supervise (head 0 of the `attention_layers`) are also
+    # trained, through small linear heads that are not exported, to tell the size / colour / shape of the world
+    # object at each patch cell (caption samples with object boxes), times this weight: a key that does not hold an
+    # attribute gives the query no gradient to match it (`OFALightningModule.key_attribute_loss_sum`).
+    key_attribute_weight: float = 0.0
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0
@@ -495,6 +500,7 @@ def _check(recipe: Recipe, where: str) -> None:
         "referent_attention_weight",
         "caption_attention_weight",
         "expression_attention_weight",
+        "key_attribute_weight",
     ):
         if getattr(t, name) < 0:
             raise RecipeError(f"{where}: train.{name}: must be >= 0, got {getattr(t, name)}")
