@@ -9,11 +9,17 @@ and scored on the rest, then reads from it the size / colour / shape the express
 expressions that name one). Next to it: the accuracy of always answering the most common value of the fitted part
 (what a query that ignores the words can reach). Layer 0's query at this step is the same for every expression
 (bos only), so its row is a check of the method: it must read at that baseline.
+
+The other side of the match: the same probe reads the size / colour / shape of the object at a patch cell (the cell
+holding each object's centre) from the encoder output there and from the keys of head 0 of each decoder layer's
+cross-attention (the head `train.referent_attention_weight` supervises in the last layer). A key that does not hold
+an attribute cannot be matched by it, and gives the query no gradient to carry it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -97,6 +103,44 @@ def run(checkpoint: str, split: str, scenes: int, lang: str, batch_size: int) ->
     return rows
 
 
+def cell_rows(checkpoint: str, split: str, scenes: int, lang: str, batch_size: int) -> list[tuple]:
+    """(features, attribute, objects, probe accuracy, majority) at each object's centre cell."""
+    model = OFA.from_pretrained(checkpoint)
+    world = World(seed=0, image_size=model.image_size)
+    task, tok = model.tasks["grounding"], model.tokenizer
+    layers = model.model.decoder.layers
+    chosen = list(world.iter(split, scenes))
+    examples = [
+        task.build({"image": s.image, "text": s.refs_for(lang)[0].text, "lang": lang}) for s in chosen
+    ]
+    names = ["encoder output"] + [f"layer {i} head 0 keys" for i in range(len(layers))]
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    labels: dict[str, list[str]] = {word: [] for word in WORD_KINDS}
+    for start in range(0, len(examples), batch_size):
+        b = collate(examples[start : start + batch_size], tok.pad_id, tok.bos_id)
+        with torch.inference_mode():
+            hidden = model.model.encode(b.input_ids, b.patch_images.to(model.model.dtype), b.patch_masks)
+            hidden = hidden.last_hidden_state
+            keys = [layer.cross_attn.project_kv(hidden)[0][:, 0] for layer in layers]  # (B, keys, head_dim)
+        grid = math.isqrt(hidden.shape[1] - b.input_ids.shape[1])
+        for row, scene in enumerate(chosen[start : start + batch_size]):
+            for obj in scene.objects:
+                column, line = (min(grid - 1, int(v / scene.image_size * grid)) for v in obj.center)
+                cell = line * grid + column
+                for name, tensor in zip(names, [hidden, *keys]):
+                    features[name].append(tensor[row, cell].float())
+                for word in WORD_KINDS:
+                    labels[word].append(getattr(obj, word))
+    rows = []
+    for word in WORD_KINDS:
+        vocab = sorted(set(labels[word]))
+        targets = torch.tensor([vocab.index(v) for v in labels[word]])
+        for name in names:
+            accuracy, majority = probe_accuracy(torch.stack(features[name]), targets)
+            rows.append((name, word, len(targets), accuracy, majority))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+")
@@ -114,6 +158,15 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for layer, word, n, accuracy, majority in sorted(rows):
             print(f"| {layer} | {word} | {n} | {accuracy:.3f} | {majority:.3f} |")
+        start = time.perf_counter()
+        rows = cell_rows(checkpoint, args.split, args.scenes // 2, args.lang, args.batch_size)
+        print(
+            f"\nobjects of {args.scenes // 2} scenes, at their centre cell ({time.perf_counter() - start:.0f} s)\n"
+        )
+        print("| features | attribute | objects | read | most common value |")
+        print("|---|---|---|---|---|")
+        for name, word, n, accuracy, majority in rows:
+            print(f"| {name} | {word} | {n} | {accuracy:.3f} | {majority:.3f} |")
 
 
 if __name__ == "__main__":
