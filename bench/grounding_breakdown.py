@@ -25,8 +25,7 @@ from collections import Counter, defaultdict
 import torch
 
 from ofa import OFA
-from ofa.data.world import Ref, World, WorldObject
-from ofa.data.world.vocab import COLOUR_ZH, SHAPE_ZH, SIZE_ZH
+from ofa.data.world import Ref, World, WorldObject, named_attributes
 from ofa.evaluation.metrics import box_iou
 
 KINDS = ("attribute", "relation", "ordinal")
@@ -35,17 +34,8 @@ WORD_KINDS = ("size", "colour", "shape")
 
 def attribute_words(ref: Ref, target: WorldObject) -> str:
     """Which of the target's size / colour / shape an attribute expression names, e.g. "size+shape"."""
-    if ref.lang == "en":
-        words = ref.text.split()
-        named = (target.size in words, target.colour in words, target.shape in words)
-    else:  # "大的红色星形", "红色的物体", "星形"
-        text = ref.text
-        named = (
-            text.startswith(SIZE_ZH[target.size]),
-            COLOUR_ZH[target.colour] in text,
-            SHAPE_ZH[target.shape] in text,
-        )
-    return "+".join(kind for kind, on in zip(WORD_KINDS, named) if on)
+    named = named_attributes(ref, target)
+    return "+".join(kind for kind, value in zip(WORD_KINDS, named) if value is not None)
 
 
 def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict[tuple[str, str], Counter]:

@@ -189,6 +189,7 @@ def test_mention_words_are_matched_to_objects_by_hand():
         "referent_attention_weight",
         "expression_attention_weight",
         "key_attribute_weight",
+        "query_attribute_weight",
     ],
 )
 def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_path, term):
@@ -217,6 +218,7 @@ def test_training_lowers_the_referent_term_and_export_keeps_only_the_model(tmp_p
     heads = {
         "referent_cell_weight": {"referent_head"},
         "key_attribute_weight": {"key_heads.size", "key_heads.colour", "key_heads.shape"},
+        "query_attribute_weight": {"query_heads.size", "query_heads.colour", "query_heads.shape"},
     }.get(term, set())
     assert extra == {f"{head}.{p}" for head in heads for p in ("weight", "bias")}
 

@@ -11,12 +11,21 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ofa.data.world import Scene, World
+from ofa.data.world import Ref, Scene, World, named_attributes
 
 
 def _pick(index: int, n: int, salt: str) -> int:
     digest = hashlib.sha256(f"{salt}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % n
+
+
+def _grounding_fields(scene: Scene, ref: Ref) -> dict[str, Any]:
+    """A grounding sample's expression, box and kind; attribute expressions also say which of the referent's
+    (size, colour, shape) they name (`named`, None where not; `train.query_attribute_weight`)."""
+    fields = {"text": ref.text, "box": list(ref.box), "kind": ref.kind}
+    if ref.kind == "attribute":
+        fields["named"] = list(named_attributes(ref, scene.objects[ref.target_index]))
+    return fields
 
 
 @dataclass
@@ -58,7 +67,7 @@ class WorldSource:
         if self.task == "grounding":
             refs = scene.refs_for(self.lang)
             ref = refs[_pick(index, len(refs), f"{self.split}-{self.lang}-ref")]
-            return {**base, "text": ref.text, "box": list(ref.box), "kind": ref.kind}
+            return {**base, **_grounding_fields(scene, ref)}
         if self.task == "text_to_image":  # every world caption names all of the scene's objects
             captions = scene.captions[self.lang]
             text = captions[_pick(index, len(captions), f"{self.split}-{self.lang}-t2i")]
@@ -84,7 +93,7 @@ class WorldSource:
         candidates = [r for r in refs if r.target_index == target]
         ref = candidates[_pick(index, len(candidates), salt + "-ref")]
         base = {"image": scene.image, "lang": self.lang, "id": f"{self.split}/{scene_index}"}
-        return {**base, "text": ref.text, "box": list(ref.box), "kind": ref.kind}
+        return {**base, **_grounding_fields(scene, ref)}
 
     def _itm_text(self, scene: Scene, index: int) -> dict[str, Any]:
         """Half the samples (by hash) pair the scene with one of its captions, the rest with a caption of another

@@ -44,6 +44,8 @@ class GroundingTask(Task):
             meta["box"] = [float(v) for v in sample["box"]]
             # object attention (train.referent_attention_weight): the referent, at each box token
             meta["attend"] = [(step, [meta["box"]]) for step in range(len(ids))]
+            if sample.get("named") is not None:  # train.query_attribute_weight: what the expression names
+                meta["named"] = list(sample["named"])
         elif train:
             raise TaskError(f"grounding: training sample {sample.get('id', '?')} has no box")
         source = self.encode_source(self.prompt(text, lang))

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES, SIZES
 from ofa.models import OFAModel
 
 from .data import MicroBatch
@@ -246,20 +247,23 @@ class OFALightningModule(pl.LightningModule):
         freeze_prefixes(model, list(train.freeze))
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
-        self.key_heads = None
-        if train.key_attribute_weight > 0:
-            from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES, SIZES
+        # World attribute heads of the key / query terms (also left out of the export).
+        self.key_vocab = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPE_NAMES}
+        head_dim = model.config.d_model // model.config.decoder_attention_heads
 
-            self.key_vocab = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPE_NAMES}
-            head_dim = model.config.d_model // model.config.decoder_attention_heads
-            self.key_heads = nn.ModuleDict(
-                {k: nn.Linear(head_dim, len(v)) for k, v in self.key_vocab.items()}
-            )
+        def attribute_heads(weight: float) -> nn.ModuleDict | None:
+            if weight <= 0:
+                return None
+            return nn.ModuleDict({k: nn.Linear(head_dim, len(v)) for k, v in self.key_vocab.items()})
+
+        self.key_heads = attribute_heads(train.key_attribute_weight)
+        self.query_heads = attribute_heads(train.query_attribute_weight)
         self.has_referent_terms = (
             train.referent_cell_weight > 0
             or bool(self.attention_weights())
             or train.expression_attention_weight > 0
             or self.key_heads is not None
+            or self.query_heads is not None
         )
         depth = len(model.decoder.layers)
         outside = [i for i in train.attention_layers if not -depth <= i < depth]
@@ -318,7 +322,7 @@ class OFALightningModule(pl.LightningModule):
 
             return hook
 
-        if self.attention_weights() or self.key_heads is not None:
+        if self.attention_weights() or self.key_heads is not None or self.query_heads is not None:
             handles = [c.register_forward_hook(keep_first_inputs(n)) for n, c in enumerate(supervised)]
         reading = self.model.decoder.layers[0].cross_attn
         if self.cfg.expression_attention_weight > 0:
@@ -346,6 +350,10 @@ class OFALightningModule(pl.LightningModule):
             if self.key_heads is not None:
                 keys = self.cfg.key_attribute_weight * self.key_attribute_loss_sum(batch, key[:, 0])
                 referent = keys if referent is None else referent + keys
+            if self.query_heads is not None:
+                query = cross_attn._heads(cross_attn.q_proj(hidden))[:, 0]  # head 0: (B, T, head_dim)
+                named = self.cfg.query_attribute_weight * self.query_attribute_loss_sum(batch, query)
+                referent = named if referent is None else referent + named
             if not self.attention_weights():
                 continue
             probs = cross_attn.probabilities(hidden, key, bias, layer)
@@ -446,6 +454,24 @@ class OFALightningModule(pl.LightningModule):
             for position, (name, vocab) in enumerate(self.key_vocab.items()):
                 labels = torch.tensor([vocab.index(objects[k][position]) for k in owners], device=keys.device)
                 total = total + F.cross_entropy(self.key_heads[name](features), labels)
+        return total
+
+    def query_attribute_loss_sum(self, batch: MicroBatch, query: Tensor) -> Tensor:
+        """Summed over the micro-batch's grounding samples with ``meta["named"]``: the cross entropy of `query_heads`
+        on one head's `query` (B, T, head_dim) at each box step for each attribute the expression names, averaged
+        over the sample's (step, attribute) pairs. Zero, with a graph, when no sample names one."""
+        b = batch.batch
+        total = query.sum() * 0.0
+        names = list(self.key_vocab)
+        for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
+            steps = [t for t, _ in meta.get("attend", ()) if t < query.shape[1]]
+            pairs = [(names[p], v) for p, v in enumerate(meta.get("named") or ()) if v is not None]
+            if task != "grounding" or not steps or not pairs:
+                continue
+            features = query[i, steps].float()
+            for name, value in pairs:
+                labels = torch.full((len(steps),), self.key_vocab[name].index(value), device=query.device)
+                total = total + F.cross_entropy(self.query_heads[name](features), labels) / len(pairs)
         return total
 
     def expression_attention_loss_sum(self, batch: MicroBatch, probs: Tensor) -> Tensor:
@@ -576,7 +602,8 @@ class OFALightningModule(pl.LightningModule):
         cfg = self.cfg
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr_scale)
         heads = [self.referent_head] if self.referent_head is not None else []
-        heads += list(self.key_heads.values()) if self.key_heads is not None else []
+        for attribute_heads in (self.key_heads, self.query_heads):
+            heads += list(attribute_heads.values()) if attribute_heads is not None else []
         for head in heads:
             groups[0]["params"] = [*groups[0]["params"], head.weight]  # with decay, as model matrices
             groups[1]["params"] = [*groups[1]["params"], head.bias]

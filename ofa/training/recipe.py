@@ -158,6 +158,10 @@ class TrainSection:
     # object at each patch cell (caption samples with object boxes), times this weight: a key that does not hold an
     # attribute gives the query no gradient to match it (`OFALightningModule.key_attribute_loss_sum`).
     key_attribute_weight: float = 0.0
+    # > 0: the same head's query at each box step of a grounding sample is trained, through small linear heads that
+    # are not exported, to tell the size / colour / shape the (world attribute) expression names, times this
+    # weight: with keys and query both holding an attribute, the attention term can learn to match it.
+    query_attribute_weight: float = 0.0
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0
@@ -501,6 +505,7 @@ def _check(recipe: Recipe, where: str) -> None:
         "caption_attention_weight",
         "expression_attention_weight",
         "key_attribute_weight",
+        "query_attribute_weight",
     ):
         if getattr(t, name) < 0:
             raise RecipeError(f"{where}: train.{name}: must be >= 0, got {getattr(t, name)}")

@@ -70,6 +70,7 @@ from .language import (
     mention_en,
     mention_word_objects,
     mention_zh,
+    named_attributes,
     ordered,
     parse_mentions,
     precedes,
@@ -93,6 +94,7 @@ from .vocab import (
 )
 
 __all__ = [
+    "named_attributes",
     "BACKGROUND_COLOURS",
     "BACKGROUND_STYLES",
     "COLOURS",

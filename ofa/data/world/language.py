@@ -413,3 +413,19 @@ def parse_mentions(caption: str, lang: str) -> list[tuple[str | None, str, str]]
     else:
         raise ValueError(f"unsupported language {lang!r}")
     return out
+
+
+def named_attributes(ref: Ref, target: WorldObject) -> tuple[str | None, str | None, str | None]:
+    """Which of the target's (size, colour, shape) an attribute expression names, None where it does not:
+    "the large red object" -> ("large", "red", None); "星形" -> (None, None, "star")."""
+    if ref.lang == "en":
+        words = ref.text.split()
+        named = (target.size in words, target.colour in words, target.shape in words)
+    else:  # "大的红色星形", "红色的物体", "星形"
+        text = ref.text
+        named = (
+            text.startswith(SIZE_ZH[target.size]),
+            COLOUR_ZH[target.colour] in text,
+            SHAPE_ZH[target.shape] in text,
+        )
+    return tuple(value if on else None for value, on in zip(target.triple, named))  # type: ignore[return-value]
