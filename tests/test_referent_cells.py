@@ -399,3 +399,38 @@ def test_key_attribute_term_is_the_cross_entropy_of_the_cells_object_attributes(
         module.key_heads["colour"].bias[COLOUR_NAMES.index("red")] = 100.0
     sure = math.log(len(SIZES)) + math.log(len(SHAPE_NAMES))
     assert module.key_attribute_loss_sum(micro, keys).item() == pytest.approx(sure, rel=1e-5)
+
+
+def test_query_attribute_term_is_the_cross_entropy_of_the_named_attributes():
+    """Hand-computed: zero heads give, per box step, the mean of log(V) over the attributes the expression names;
+    steps past the decoder length, other tasks and expressions that name nothing count as nothing."""
+    from ofa.data.world.vocab import COLOUR_NAMES, SHAPE_NAMES
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import random_model, small_config
+
+    model = random_model(small_config())
+    module = OFALightningModule(model, TrainSection(query_attribute_weight=1.0), pad_id=1)
+    for head in module.query_heads.values():
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    steps = [(t, [[0.0, 0.0, 8.0, 8.0]]) for t in range(4)]
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            tasks=["grounding", "grounding", "caption"],
+            meta=[
+                {"attend": steps, "named": [None, "red", "star"]},
+                {"attend": steps, "named": [None, None, None]},
+                {"attend": steps, "named": ["large", "red", "star"]},
+            ],
+        )
+    )
+    head_dim = model.config.d_model // model.config.decoder_attention_heads
+    query = torch.randn(3, 2, head_dim)  # two decoder steps
+    expected = (math.log(len(COLOUR_NAMES)) + math.log(len(SHAPE_NAMES))) / 2
+    assert module.query_attribute_loss_sum(micro, query).item() == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        module.query_heads["shape"].bias[SHAPE_NAMES.index("star")] = 100.0
+    expected = math.log(len(COLOUR_NAMES)) / 2
+    assert module.query_attribute_loss_sum(micro, query).item() == pytest.approx(expected, rel=1e-5)

@@ -75,6 +75,27 @@ def test_grounding_examples_mark_exactly_the_expression_tokens(tokenizer, world,
     assert seen > 100
 
 
+def test_world_grounding_samples_name_the_attributes_their_expression_uses(tokenizer, world):
+    """`named` (train.query_attribute_weight): for attribute expressions, the referent's size / colour / shape where
+    the English expression has that word, None where not; other kinds carry none. Checked against the scene."""
+    source = WorldSource(world, "val", "grounding", "en")
+    task = get_task("grounding")(tokenizer, image_size=96)
+    kinds = set()
+    for index in range(80):
+        sample = source[index]
+        kinds.add(sample["kind"])
+        if sample["kind"] != "attribute":
+            assert "named" not in sample
+            continue
+        scene = world.scene("val", index)
+        target = next(o for o in scene.objects if list(o.box) == sample["box"])
+        words = sample["text"].split()
+        assert sample["named"] == [v if v in words else None for v in target.triple]
+        assert any(v is not None for v in sample["named"])
+        assert task.build(sample, train=True).meta["named"] == sample["named"]
+    assert kinds == {"attribute", "relation", "ordinal"}
+
+
 def test_grounding_on_a_non_square_image_scales_back(tokenizer):
     """A 200x100 image is squashed to S x S; the parsed box is in original pixels again (hand-computed bins)."""
     task = get_task("grounding")(tokenizer, image_size=128)
