@@ -14,6 +14,7 @@ Unlike `ofa eval` (one expression per scene), every expression of every scene is
 scenes weigh more. Prints a Markdown table per checkpoint: rows by expression kind, then by the number of objects
 in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time),
 then the attribute expressions by the words they use ("size+colour": "the large red object"; "shape": "the star").
+The last column is what picking one of the scene's objects at random would get right.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict
                 keys.append((lang, "attribute: " + attribute_words(ref, scene.objects[ref.target_index])))
             for key in keys:
                 counts[key].update(n=1, right=int(right), other=int(other), none=int(not right and not other))
+                counts[key]["random"] += 1 / len(
+                    scene.objects
+                )  # expected right when picking an object at random
     return counts
 
 
@@ -75,8 +79,8 @@ def main() -> None:
         print(
             f"\n{checkpoint}, split {args.split}, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)\n"
         )
-        print("| lang | kind | expressions | right | other object | no object |")
-        print("|---|---|---|---|---|---|")
+        print("| lang | kind | expressions | right | other object | no object | an object at random |")
+        print("|---|---|---|---|---|---|---|")
         for lang in ("en", "zh"):
             by_objects = sorted(k for (lg, k) in counts if lg == lang and k.endswith(" objects"))
             by_words = sorted(k for (lg, k) in counts if lg == lang and k.startswith("attribute: "))
@@ -85,7 +89,7 @@ def main() -> None:
                 n = max(1, c["n"])
                 print(
                     f"| {lang} | {kind} | {c['n']} | {c['right'] / n:.3f} | {c['other'] / n:.3f} "
-                    f"| {c['none'] / n:.3f} |"
+                    f"| {c['none'] / n:.3f} | {c['random'] / n:.3f} |"
                 )
 
 
