@@ -251,17 +251,21 @@ class OFAAttention(nn.Module):
         """Keys and values (B, H, S, dh) of `source`; cached by the decoder."""
         return self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
 
+    def project_q(self, hidden: Tensor) -> Tensor:
+        """Queries (B, H, T, dh) of `hidden`, before scaling."""
+        return self._heads(self.q_proj(hidden))
+
     def probabilities(self, hidden: Tensor, key: Tensor, bias: AttentionBias, layer: int) -> Tensor:
         """(B, H, Tq, Tk) float32 attention distribution of `forward` (before dropout), which the fused kernels
         do not return: for inspection and attention supervision. Differentiable."""
-        q = self._heads(self.q_proj(hidden))
+        q = self.project_q(hidden)
         scores = torch.matmul(q * self.scaling, key.transpose(2, 3)).float() + bias.dense(
             layer, torch.float32
         )
         return torch.softmax(scores, dim=-1)
 
     def forward(self, hidden: Tensor, key: Tensor, value: Tensor, bias: AttentionBias, layer: int) -> Tensor:
-        q = self._heads(self.q_proj(hidden))
+        q = self.project_q(hidden)
         dropout = self.dropout if self.training else 0.0
         if self.implementation == "flex" and not (
             q.device.type == "cpu" and torch.is_grad_enabled() and self.training

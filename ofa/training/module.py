@@ -26,7 +26,15 @@ sample's supervised steps (``train.attention_layers`` picks other or more decode
 That head's query-key match is the binding the tokens need (words to the object's patches); the term adds no
 parameters.
 
-Both terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
+Reading and attribute terms (``train.expression_attention_weight``, ``key_attribute_weight``,
+``query_attribute_weight`` > 0; off in the recipes). A probe found the box query and the supervised head's keys
+holding the size a world expression names but hardly its colour or shape, and in a dot-product match neither side
+gets a gradient towards an attribute the other lacks. The first trains head 0 of the first decoder layer to read
+the expression's source tokens at each box step; the other two train head 0's keys (at each world object's cells)
+and its query (at the box steps) to tell the object's size / colour / shape through small linear heads that, like
+the referent head, are not exported.
+
+All these terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
 their weights, so Lightning's and DDP's averaging give the mean over the global batch (unsupervised samples count
 as zero); their weighted sum is logged as ``referent_loss``.
 
@@ -351,7 +359,7 @@ class OFALightningModule(pl.LightningModule):
                 keys = self.cfg.key_attribute_weight * self.key_attribute_loss_sum(batch, key[:, 0])
                 referent = keys if referent is None else referent + keys
             if self.query_heads is not None:
-                query = cross_attn._heads(cross_attn.q_proj(hidden))[:, 0]  # head 0: (B, T, head_dim)
+                query = cross_attn.project_q(hidden)[:, 0]  # head 0: (B, T, head_dim)
                 named = self.cfg.query_attribute_weight * self.query_attribute_loss_sum(batch, query)
                 referent = named if referent is None else referent + named
             if not self.attention_weights():
@@ -425,10 +433,10 @@ class OFALightningModule(pl.LightningModule):
         return (entropy * torch.tensor(scale, device=device)).sum()
 
     def key_attribute_loss_sum(self, batch: MicroBatch, keys: Tensor) -> Tensor:
-        """Summed over the micro-batch's samples with ``meta["objects"]`` and ``meta["object_boxes"]``: the cross
-        entropy of `key_heads` (size, colour, shape) on one head's `keys` (B, keys, head_dim) at the patch cells each
-        object covers (`referent_cell_targets`), averaged over the sample's labelled cells. Zero, with a graph, when
-        no sample has objects."""
+        """Summed over the micro-batch's samples with ``meta["objects"]`` and ``meta["object_boxes"]`` (world
+        captions): the cross entropies of `key_heads` on one head's `keys` (B, keys, head_dim) at the patch cells
+        each object covers (`referent_cell_targets`), each averaged over the sample's labelled cells and summed over
+        size, colour and shape. Zero, with a graph, when no sample has objects."""
         b = batch.batch
         num_patches = keys.shape[1] - b.input_ids.shape[1]  # image patches come first among the keys
         grid = math.isqrt(num_patches)
