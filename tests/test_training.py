@@ -129,6 +129,7 @@ def test_shipped_recipe_validates():
     }
     assert recipe.train.label_smoothing == 0.1 and recipe.train.precision == "bf16-mixed"
     assert recipe.train.referent_attention_weight == 1.0
+    assert recipe.train.key_attribute_weight == 1.0 and recipe.train.query_attribute_weight == 1.0
 
 
 @pytest.mark.parametrize(
