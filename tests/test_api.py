@@ -162,12 +162,17 @@ def test_every_input_kind_gives_the_same_result(ofa, tmp_path):
         torch.from_numpy(array).permute(2, 0, 1),  # CHW uint8
         torch.from_numpy(array).permute(2, 0, 1).float() / 255,  # CHW float in [0, 1]
     ]
+    # One batch of identical pictures: the same tokens; scores only up to float noise, as multi-threaded matmuls
+    # need not give bit-identical rows at different batch positions.
     captions = ofa.caption(kinds)
-    assert all(c == captions[0] for c in captions)  # one batch of identical pictures: bit-identical
+    for caption in captions:
+        assert_same(caption, captions[0])
     boxes = ofa.ground(kinds, "the red block")
-    assert all(b == boxes[0] for b in boxes)
+    for box in boxes:
+        assert_same(box, boxes[0])
     # A 4-D batch counts as a list of images.
-    assert ofa.caption(torch.stack([kinds[4], kinds[4]])) == captions[:2]
+    for caption in ofa.caption(torch.stack([kinds[4], kinds[4]])):
+        assert_same(caption, captions[0])
 
 
 def test_exif_rotated_jpeg_is_turned_upright(ofa, tmp_path):
