@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -31,10 +30,9 @@ from ofa.tokenization import (
 )
 from tokenizers import Tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(
-    os.environ.get("OFA_PARITY_FIXTURE", REPO_ROOT.parent / "shared" / "fixtures" / "ofa_reference")
-)
+from .conftest import ofa_fixture_dir
+
+FIXTURE = ofa_fixture_dir()  # OFA_PARITY_FIXTURE, else OFA_SHARED's fixtures (conftest)
 CAPTION_PROMPT = " what does the image describe?"
 GROUNDING_PROMPT = ' which region does the text " a cat " describe?'
 T2I_PROMPTS = [
@@ -49,7 +47,7 @@ T2I_PROMPTS = [
 def _fixture_inputs() -> dict[str, torch.Tensor]:
     path = FIXTURE / "inputs.safetensors"
     if not path.is_file() or not (FIXTURE / "tokenizer" / "vocab.json").is_file():
-        pytest.skip(f"parity fixture not found at {FIXTURE} (set OFA_PARITY_FIXTURE)")
+        pytest.skip(f"parity fixture not found at {FIXTURE} (set OFA_SHARED or OFA_PARITY_FIXTURE)")
     from safetensors.torch import load_file
 
     return load_file(str(path))
