@@ -21,6 +21,10 @@ class GroundingTask(Task):
     name = "grounding"
     prompts = {"en": ' which region does the text " {} " describe?', "zh": "文字“{}”描述的是哪个区域？"}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._filler_sources: dict[str, list[list[int]]] = {}
+
     def prompt(self, text: str, lang: str) -> str:
         expression = clean_text(text) if lang == "en" else text.strip()
         if not expression:
@@ -52,22 +56,22 @@ class GroundingTask(Task):
         # expression attention (train.expression_attention_weight): the source tokens of the expression, found as
         # the tokens that differ from the prompt around a one-character filler (two fillers: the expression may
         # start or end like one of them)
-        spans = [
-            self._expression_span(source, self.encode_source(self.prompts[lang].format(f))) for f in "01"
-        ]
+        if lang not in self._filler_sources:  # the same two prompts for every sample of a language
+            self._filler_sources[lang] = [self.encode_source(self.prompts[lang].format(f)) for f in "01"]
+        spans = [self._expression_span(source, filler) for filler in self._filler_sources[lang]]
         meta["expression"] = (min(a for a, _ in spans), max(b for _, b in spans))
         return Example(self.name, source, target, image, meta=meta)
 
     @staticmethod
-    def _expression_span(source: list[int], empty: list[int]) -> tuple[int, int]:
+    def _expression_span(source: list[int], filler: list[int]) -> tuple[int, int]:
         """[start, end) of the source tokens that are not the prompt's: its common prefix and suffix with the
         prompt built around a filler expression are cut off."""
-        limit = min(len(source), len(empty))
+        limit = min(len(source), len(filler))
         start = 0
-        while start < limit and source[start] == empty[start]:
+        while start < limit and source[start] == filler[start]:
             start += 1
         suffix = 0
-        while suffix < limit - start and source[-1 - suffix] == empty[-1 - suffix]:
+        while suffix < limit - start and source[-1 - suffix] == filler[-1 - suffix]:
             suffix += 1
         return start, len(source) - suffix
 
