@@ -256,13 +256,13 @@ class OFALightningModule(pl.LightningModule):
         # Kept out of `self.model` so export (the `model.` weights) leaves it behind; checkpoints keep it.
         self.referent_head = nn.Linear(model.config.d_model, 1) if train.referent_cell_weight > 0 else None
         # World attribute heads of the key / query terms (also left out of the export).
-        self.key_vocab = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPE_NAMES}
+        self.attribute_vocab = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPE_NAMES}
         head_dim = model.config.d_model // model.config.decoder_attention_heads
 
         def attribute_heads(weight: float) -> nn.ModuleDict | None:
             if weight <= 0:
                 return None
-            return nn.ModuleDict({k: nn.Linear(head_dim, len(v)) for k, v in self.key_vocab.items()})
+            return nn.ModuleDict({k: nn.Linear(head_dim, len(v)) for k, v in self.attribute_vocab.items()})
 
         self.key_heads = attribute_heads(train.key_attribute_weight)
         self.query_heads = attribute_heads(train.query_attribute_weight)
@@ -459,7 +459,7 @@ class OFALightningModule(pl.LightningModule):
             if not cells:
                 continue
             features = keys[i, cells].float()
-            for position, (name, vocab) in enumerate(self.key_vocab.items()):
+            for position, (name, vocab) in enumerate(self.attribute_vocab.items()):
                 labels = torch.tensor([vocab.index(objects[k][position]) for k in owners], device=keys.device)
                 total = total + F.cross_entropy(self.key_heads[name](features), labels)
         return total
@@ -470,7 +470,7 @@ class OFALightningModule(pl.LightningModule):
         over the sample's (step, attribute) pairs. Zero, with a graph, when no sample names one."""
         b = batch.batch
         total = query.sum() * 0.0
-        names = list(self.key_vocab)
+        names = list(self.attribute_vocab)
         for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
             steps = [t for t, _ in meta.get("attend", ()) if t < query.shape[1]]
             pairs = [(names[p], v) for p, v in enumerate(meta.get("named") or ()) if v is not None]
@@ -478,7 +478,9 @@ class OFALightningModule(pl.LightningModule):
                 continue
             features = query[i, steps].float()
             for name, value in pairs:
-                labels = torch.full((len(steps),), self.key_vocab[name].index(value), device=query.device)
+                labels = torch.full(
+                    (len(steps),), self.attribute_vocab[name].index(value), device=query.device
+                )
                 total = total + F.cross_entropy(self.query_heads[name](features), labels) / len(pairs)
         return total
 
