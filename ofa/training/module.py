@@ -27,12 +27,12 @@ That head's query-key match is the binding the tokens need (words to the object'
 parameters.
 
 Reading and attribute terms (``train.expression_attention_weight``, ``key_attribute_weight``,
-``query_attribute_weight`` > 0; off in the recipes). A probe found the box query and the supervised head's keys
-holding the size a world expression names but hardly its colour or shape, and in a dot-product match neither side
-gets a gradient towards an attribute the other lacks. The first trains head 0 of the first decoder layer to read
-the expression's source tokens at each box step; the other two train head 0's keys (at each world object's cells)
-and its query (at the box steps) to tell the object's size / colour / shape through small linear heads that, like
-the referent head, are not exported.
+``query_attribute_weight`` > 0; the last two are on in ``tasks/world/tiny.yaml``). A probe found the box query
+and the supervised head's keys holding the size a world expression names but hardly its colour or shape, and in a
+dot-product match neither side gets a gradient towards an attribute the other lacks. The first trains head 0 of
+the first decoder layer to read the expression's source tokens at each box step; the other two train head 0's keys
+(at each world object's cells) and its query (at the box steps) to tell the object's size / colour / shape through
+small linear heads that, like the referent head, are not exported.
 
 All these terms are summed cross entropies over the micro-batch's supervised samples divided by its sample count, times
 their weights, so Lightning's and DDP's averaging give the mean over the global batch (unsupervised samples count
