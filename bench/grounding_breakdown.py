@@ -8,12 +8,13 @@ the referent and with every other object of the scene:
 * `right`: IoU >= 0.5 with the referent (Acc@0.5 over all expressions of the scenes);
 * `other object`: not the referent, but IoU >= 0.5 with another object: the model localised an object and
   picked the wrong one (a binding error);
-* `no object`: IoU < 0.5 with every object (a localisation error).
+* `no object`: IoU < 0.5 with every object (a localisation error); `near the referent` counts those of them
+  with IoU >= 0.25 with the referent (the right object, boxed too loosely or too tightly).
 
 Unlike `ofa eval` (one expression per scene), every expression of every scene is scored, so multi-object
 scenes weigh more. Prints a Markdown table per checkpoint: rows by expression kind, then by the number of objects
 in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time),
-then the attribute expressions by the words they use ("size+colour": "the large red object"; "shape": "the star").
+then by the referent's size, then the attribute expressions by the words they use ("size+colour": "the large red object"; "shape": "the star").
 The last column is what picking one of the scene's objects at random would get right.
 """
 
@@ -31,6 +32,16 @@ from ofa.evaluation.metrics import box_iou
 
 KINDS = ("attribute", "relation", "ordinal")
 WORD_KINDS = ("size", "colour", "shape")
+NEAR_IOU = 0.25
+
+
+def outcome(ious: list[float], target: int) -> str:
+    """right / other (IoU >= 0.5 with another object) / near (no object, but IoU >= 0.25 with the referent) / far."""
+    if ious[target] >= 0.5:
+        return "right"
+    if max(ious) >= 0.5:
+        return "other"
+    return "near" if ious[target] >= NEAR_IOU else "far"
 
 
 def attribute_words(ref: Ref, target: WorldObject) -> str:
@@ -53,13 +64,20 @@ def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict
                 float(box_iou(pred, torch.tensor([list(o.box)], dtype=torch.float64))[0])
                 for o in scene.objects
             ]
-            right = ious[ref.target_index] >= 0.5
-            other = not right and max(ious) >= 0.5
+            result_kind = outcome(ious, ref.target_index)
+            target = scene.objects[ref.target_index]
             keys = [(lang, ref.kind), (lang, "all"), (lang, f"{len(scene.objects)} objects")]
+            keys.append((lang, f"{target.size} referent"))
             if ref.kind == "attribute":
-                keys.append((lang, "attribute: " + attribute_words(ref, scene.objects[ref.target_index])))
+                keys.append((lang, "attribute: " + attribute_words(ref, target)))
             for key in keys:
-                counts[key].update(n=1, right=int(right), other=int(other), none=int(not right and not other))
+                counts[key].update(
+                    n=1,
+                    right=int(result_kind == "right"),
+                    other=int(result_kind == "other"),
+                    none=int(result_kind in ("near", "far")),
+                    near=int(result_kind == "near"),
+                )
                 counts[key]["random"] += 1 / len(
                     scene.objects
                 )  # expected right when picking an object at random
@@ -79,17 +97,21 @@ def main() -> None:
         print(
             f"\n{checkpoint}, split {args.split}, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)\n"
         )
-        print("| lang | kind | expressions | right | other object | no object | an object at random |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| lang | kind | expressions | right | other object | no object | no object, near the referent "
+            "| an object at random |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for lang in ("en", "zh"):
             by_objects = sorted(k for (lg, k) in counts if lg == lang and k.endswith(" objects"))
+            by_size = sorted(k for (lg, k) in counts if lg == lang and k.endswith(" referent"))
             by_words = sorted(k for (lg, k) in counts if lg == lang and k.startswith("attribute: "))
-            for kind in (*KINDS, "all", *by_objects, *by_words):
+            for kind in (*KINDS, "all", *by_objects, *by_size, *by_words):
                 c = counts[(lang, kind)]
                 n = max(1, c["n"])
                 print(
                     f"| {lang} | {kind} | {c['n']} | {c['right'] / n:.3f} | {c['other'] / n:.3f} "
-                    f"| {c['none'] / n:.3f} | {c['random'] / n:.3f} |"
+                    f"| {c['none'] / n:.3f} | {c['near'] / n:.3f} | {c['random'] / n:.3f} |"
                 )
 
 

@@ -12,7 +12,7 @@ from ofa.data.world import Ref, World, WorldObject
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from grounding_breakdown import attribute_words  # noqa: E402
+from grounding_breakdown import attribute_words, outcome  # noqa: E402
 from grounding_query_probe import probe_accuracy  # noqa: E402
 
 
@@ -57,3 +57,11 @@ def test_query_probe_reads_a_linearly_coded_label_and_not_noise():
     assert accuracy > 0.95 and majority < 0.35
     accuracy, majority = probe_accuracy(noise, labels)
     assert accuracy < 0.35
+
+
+def test_outcome_by_hand():
+    assert outcome([0.6, 0.0], 0) == "right"
+    assert outcome([0.1, 0.7], 0) == "other"
+    assert outcome([0.3, 0.4], 0) == "near"  # loose box around the referent, touching the other object
+    assert outcome([0.1, 0.4], 0) == "far"
+    assert outcome([0.25], 0) == "near"
