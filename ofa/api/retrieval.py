@@ -10,9 +10,9 @@ are ordered again by the image-text-matching probability ``p(yes) / (p(yes) + p(
 (`ofa.tasks.itm`), ties broken by similarity.
 
 Reranking is off by default because it must earn its place per checkpoint: with the shipped world checkpoint it
-lowers text->image R@1 on 1,000 heldout scenes from 92.7 to 38.6 (Chinese) and from 95.2 to 36.7 (English), as
-`python bench/retrieval_rerank.py checkpoints/ofa-world-tiny --gallery-size 1000 --k 5` measured (2026-12-03):
-its image-text matching is weak (heldout ITM accuracy 69.0 % English, 50.2 % Chinese: chance), while the
+lowers text->image R@1 on 1,000 heldout scenes from 93.9 to 39.8 (Chinese) and from 94.9 to 48.6 (English), as
+`python bench/retrieval_rerank.py checkpoints/ofa-world-tiny --gallery-size 1000 --k 5` measured (2026-12-04):
+its image-text matching is weak (heldout ITM accuracy 69.0 % English, 65.2 % Chinese; chance is 50 %), while the
 embedding alone already ranks well.
 """
 
