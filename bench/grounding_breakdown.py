@@ -14,8 +14,8 @@ the referent and with every other object of the scene:
 Unlike `ofa eval` (one expression per scene), every expression of every scene is scored, so multi-object
 scenes weigh more. Prints a Markdown table per checkpoint: rows by expression kind, then by the number of objects
 in the scene (with one object any box on it is right; with k objects, picking one at random is right 1/k of the time),
-then by the referent's size, then the attribute expressions by the words they use ("size+colour": "the large red object"; "shape": "the star").
-The last column is what picking one of the scene's objects at random would get right.
+then by the referent's size, then the attribute expressions by the words they use ("size+colour": "the large red
+object"; "shape": "the star"). The last column is what picking one of the scene's objects at random would get right.
 """
 
 from __future__ import annotations
