@@ -94,7 +94,6 @@ from .vocab import (
 )
 
 __all__ = [
-    "named_attributes",
     "BACKGROUND_COLOURS",
     "BACKGROUND_STYLES",
     "COLOURS",
@@ -103,7 +102,6 @@ __all__ = [
     "FORMATS",
     "HELDOUT_PAIRS",
     "LANGS",
-    "coverage_mask",
     "RELATIONS",
     "SHAPES",
     "SHAPE_NAMES",
@@ -120,11 +118,13 @@ __all__ = [
     "World",
     "WorldConfig",
     "WorldObject",
+    "coverage_mask",
     "make_captions",
     "make_refs",
     "mention_en",
     "mention_word_objects",
     "mention_zh",
+    "named_attributes",
     "ordered",
     "parse_mentions",
     "precedes",
