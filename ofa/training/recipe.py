@@ -184,6 +184,9 @@ class TrainSection:
     num_threads: int | None = None  # CPU intra-op threads per process (torch.set_num_threads); null: default
     # Flush denormal floats to zero in CPU arithmetic (x86 FTZ/DAZ): late in training they made steps ~1.6x slower.
     flush_denormal: bool = True
+    # CPU (glibc): freed memory stays in the process instead of going back to the OS, so each step's buffers are
+    # not page-faulted in again (ofa/training/memory.py). For the rest of the process; resident size stays at peak.
+    keep_freed_memory: bool = True
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0: no periodic evaluation
     log_every: int = 10

@@ -31,6 +31,7 @@ from ofa.tokenization.text import TokenizerError
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
 from .data import MixtureDataModule, image_tokenizer_path, load_recipe_image_tokenizer, make_tasks
+from .memory import keep_freed_memory
 from .module import OFALightningModule, unmatched_prefixes
 from .recipe import (
     DEFAULT_TOKENIZER,
@@ -249,6 +250,10 @@ def _pretrain_stem(
 
 def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Run (or resume) the training a recipe describes; returns where everything was written."""
+    # Each step frees and re-allocates the same large buffers; glibc would hand them back to the OS and fault them
+    # in again every step (~6,000 page faults a step in the world recipe; ofa/training/memory.py).
+    if recipe.train.keep_freed_memory:
+        keep_freed_memory()
     # As a model grows confident, tiny values (probabilities of ruled-out tokens, their gradients) become denormal
     # floats, which x86 CPUs compute many times slower: without flushing, a world run lost a third of its
     # throughput over 3,800 steps (`train.flush_denormal`). Only CPU arithmetic is affected; restored afterwards.
