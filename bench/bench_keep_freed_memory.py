@@ -32,9 +32,9 @@ def run(recipe: str, steps: int, keep: bool, output: Path) -> dict[str, float]:
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {code}")
     wall = time.perf_counter() - start
     with open(output / "logs" / "version_0" / "metrics.csv", newline="") as f:
         rates = [
