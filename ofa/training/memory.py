@@ -6,7 +6,7 @@ heap top back to the OS once it exceeds the trim threshold, so every step page-f
 and the kernel zeroes each page first. Raising both thresholds keeps freed memory in the process for the next
 step; the price is that the resident size stays near its peak. Measured with the world recipe on the project's
 2-core CPU (2026-12-04, `bench/bench_keep_freed_memory.py`, 3 rounds of 300 steps): minor page faults per step
-5,600-7,600 -> ~860 (start-up included), peak memory +1.5 %, throughput +2.8 % (median ratio; within this
+5,600-7,600 -> ~860 (start-up included), peak memory +1.5-2.6 %, throughput +2.8 % (median ratio; within this
 machine's noise) and the same weights. The full 8,000-step recipe trained bit-identical weights in 29 min 4 s
 with it (29 min 52 s without, earlier that day): a small gain, not the margin the 30-minute budget needs.
 """
