@@ -434,3 +434,36 @@ def test_query_attribute_term_is_the_cross_entropy_of_the_named_attributes():
         module.query_heads["shape"].bias[SHAPE_NAMES.index("star")] = 100.0
     expected = math.log(len(COLOUR_NAMES)) / 2
     assert module.query_attribute_loss_sum(micro, query).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_query_attribute_term_counts_only_the_recipes_expression_kinds():
+    """`train.query_attribute_kinds`: a relation sample's named shape counts only when relations are listed; a sample
+    without a kind counts as an attribute expression (zero heads: log(V) per counted sample, hand-computed)."""
+    from ofa.data.world.vocab import SHAPE_NAMES
+    from ofa.training.module import OFALightningModule
+    from ofa.training.recipe import TrainSection
+
+    from .test_model import random_model, small_config
+
+    model = random_model(small_config())
+    steps = [(t, [[0.0, 0.0, 8.0, 8.0]]) for t in range(4)]
+    micro = SimpleNamespace(
+        batch=SimpleNamespace(
+            tasks=["grounding", "grounding", "grounding"],
+            meta=[
+                {"attend": steps, "named": [None, None, "star"], "kind": "relation"},
+                {"attend": steps, "named": [None, None, "star"], "kind": "ordinal"},
+                {"attend": steps, "named": [None, None, "star"]},
+            ],
+        )
+    )
+    head_dim = model.config.d_model // model.config.decoder_attention_heads
+    query = torch.randn(3, 2, head_dim)
+    for kinds, counted in ((["attribute"], 1), (["attribute", "relation"], 2), (["relation", "ordinal"], 2)):
+        train = TrainSection(query_attribute_weight=1.0, query_attribute_kinds=kinds)
+        module = OFALightningModule(model, train, pad_id=1)
+        for head in module.query_heads.values():
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
+        total = module.query_attribute_loss_sum(micro, query).item()
+        assert total == pytest.approx(counted * math.log(len(SHAPE_NAMES)), rel=1e-5), kinds

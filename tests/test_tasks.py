@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 from ofa.data.formats import DataFormatError, read_samples
 from ofa.data.images import ImageError, image_to_tensor, load_image
 from ofa.data.sources import WorldSource
-from ofa.data.world import World
+from ofa.data.world import Ref, World, WorldObject, named_attributes
 from ofa.generation import generate
 from ofa.tasks import TASKS, TaskError, collate, get_task
 from ofa.tokenization import OFATokenizer
@@ -76,24 +78,55 @@ def test_grounding_examples_mark_exactly_the_expression_tokens(tokenizer, world,
 
 
 def test_world_grounding_samples_name_the_attributes_their_expression_uses(tokenizer, world):
-    """`named` (train.query_attribute_weight): for attribute expressions, the referent's size / colour / shape where
-    the English expression has that word, None where not; other kinds carry none. Checked against the scene."""
-    source = WorldSource(world, "val", "grounding", "en")
+    """`named` (train.query_attribute_weight): the referent's size / colour / shape where the English expression has
+    that word about the referent (in a relation, before the relation words), None where not; the Chinese twin of
+    each expression names the same. Checked against the scene and the words."""
     task = get_task("grounding")(tokenizer, image_size=96)
-    kinds = set()
-    for index in range(80):
-        sample = source[index]
-        kinds.add(sample["kind"])
-        if sample["kind"] != "attribute":
-            assert "named" not in sample
-            continue
-        scene = world.scene("val", index)
-        target = next(o for o in scene.objects if list(o.box) == sample["box"])
-        words = sample["text"].split()
-        assert sample["named"] == [v if v in words else None for v in target.triple]
-        assert any(v is not None for v in sample["named"])
-        assert task.build(sample, train=True).meta["named"] == sample["named"]
-    assert kinds == {"attribute", "relation", "ordinal"}
+    relation_words = re.compile(r" (to the left of|to the right of|above|below) ")
+    kinds = Counter()
+    for lang in ("en", "zh"):
+        source = WorldSource(world, "val", "grounding", lang)
+        for index in range(80):
+            sample = source[index]
+            kinds[lang, sample["kind"]] += 1
+            scene = world.scene("val", index)
+            target = next(o for o in scene.objects if list(o.box) == sample["box"])
+            if lang == "en":
+                text = sample["text"]
+                if sample["kind"] == "relation":
+                    text = text[: relation_words.search(text).start()]
+                words = text.split()
+                assert sample["named"] == [v if v in words else None for v in target.triple], sample
+            if sample["kind"] != "ordinal":  # "the leftmost object" names nothing
+                assert any(v is not None for v in sample["named"])
+            assert task.build(sample, train=True).meta["named"] == sample["named"]
+            assert task.build(sample, train=True).meta["kind"] == sample["kind"]
+    assert {kind for _, kind in kinds} == {"attribute", "relation", "ordinal"}
+    for scene in world.iter("val", 40):
+        for en, zh in zip(scene.refs_for("en"), scene.refs_for("zh")):
+            target = scene.objects[en.target_index]
+            assert named_attributes(en, target) == named_attributes(zh, target), (en.text, zh.text)
+
+
+@pytest.mark.parametrize(
+    ("lang", "kind", "text", "named"),
+    [
+        ("en", "relation", "the star above the green circle", (None, None, "star")),
+        ("en", "relation", "the large star to the left of the small red circle", ("large", None, "star")),
+        ("zh", "relation", "绿色圆形上面的星形", (None, None, "star")),
+        ("zh", "relation", "小的红色圆形左边的大星形", ("large", None, "star")),
+        ("zh", "relation", "红色圆形右边的红色星形", (None, "red", "star")),
+        ("en", "ordinal", "the second red star from the top", (None, "red", "star")),
+        ("zh", "ordinal", "最左边的物体", (None, None, None)),
+        ("zh", "ordinal", "从上数第二个红色星形", (None, "red", "star")),
+        ("zh", "attribute", "大的星形", ("large", None, "star")),
+    ],
+)
+def test_named_attributes_are_the_targets_words_only(lang, kind, text, named):
+    """Hand-written: the anchor's words of a relation and an ordinal's position words are not the target's."""
+    target = WorldObject("star", "red", "large", (0, 0, 20, 20), (10.0, 10.0), 20.0, 0.0, (255, 0, 0))
+    ref = Ref(text, lang, kind, 0, target.box, 1 if kind == "relation" else None)
+    assert named_attributes(ref, target) == named
 
 
 def test_grounding_on_a_non_square_image_scales_back(tokenizer):

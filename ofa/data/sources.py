@@ -20,12 +20,10 @@ def _pick(index: int, n: int, salt: str) -> int:
 
 
 def _grounding_fields(scene: Scene, ref: Ref) -> dict[str, Any]:
-    """A grounding sample's expression, box and kind; attribute expressions also say which of the referent's
-    (size, colour, shape) they name (`named`, None where not; `train.query_attribute_weight`)."""
-    fields = {"text": ref.text, "box": list(ref.box), "kind": ref.kind}
-    if ref.kind == "attribute":
-        fields["named"] = list(named_attributes(ref, scene.objects[ref.target_index]))
-    return fields
+    """A grounding sample's expression, box and kind, and which of the referent's (size, colour, shape) the
+    expression names (`named`, None where not; `train.query_attribute_weight`, `query_attribute_kinds`)."""
+    named = named_attributes(ref, scene.objects[ref.target_index])
+    return {"text": ref.text, "box": list(ref.box), "kind": ref.kind, "named": list(named)}
 
 
 @dataclass

@@ -50,6 +50,7 @@ class GroundingTask(Task):
             meta["attend"] = [(step, [meta["box"]]) for step in range(len(ids))]
             if sample.get("named") is not None:  # train.query_attribute_weight: what the expression names
                 meta["named"] = list(sample["named"])
+                meta["kind"] = sample.get("kind")
         elif train:
             raise TaskError(f"grounding: training sample {sample.get('id', '?')} has no box")
         source = self.encode_source(self.prompt(text, lang))

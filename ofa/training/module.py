@@ -465,16 +465,23 @@ class OFALightningModule(pl.LightningModule):
         return total
 
     def query_attribute_loss_sum(self, batch: MicroBatch, query: Tensor) -> Tensor:
-        """Summed over the micro-batch's grounding samples with ``meta["named"]``: the cross entropy of `query_heads`
+        """Summed over the micro-batch's grounding samples with ``meta["named"]`` whose ``meta["kind"]`` is one of
+        ``train.query_attribute_kinds``: the cross entropy of `query_heads`
         on one head's `query` (B, T, head_dim) at each box step for each attribute the expression names, averaged
         over the sample's (step, attribute) pairs. Zero, with a graph, when no sample names one."""
         b = batch.batch
         total = query.sum() * 0.0
         names = list(self.attribute_vocab)
+        kinds = self.cfg.query_attribute_kinds
         for i, (task, meta) in enumerate(zip(b.tasks, b.meta)):
             steps = [t for t, _ in meta.get("attend", ()) if t < query.shape[1]]
             pairs = [(names[p], v) for p, v in enumerate(meta.get("named") or ()) if v is not None]
-            if task != "grounding" or not steps or not pairs:
+            if (
+                task != "grounding"
+                or not steps
+                or not pairs
+                or (meta.get("kind") or "attribute") not in kinds
+            ):
                 continue
             features = query[i, steps].float()
             for name, value in pairs:

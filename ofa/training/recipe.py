@@ -162,6 +162,11 @@ class TrainSection:
     # are not exported, to tell the size / colour / shape the (world attribute) expression names, times this
     # weight: with keys and query both holding an attribute, the attention term can learn to match it.
     query_attribute_weight: float = 0.0
+    # The expression kinds whose named attributes that term supervises (attribute | relation | ordinal; a sample
+    # without a kind counts as attribute). In a relation only the target's words count, not the anchor's.
+    query_attribute_kinds: list[Literal["attribute", "relation", "ordinal"]] = field(
+        default_factory=lambda: ["attribute"]
+    )
     # Teacher forcing: each text token of the decoder input becomes <unk> with this probability, so the next
     # word must come from the image more than from the previous word (`decoder_input_dropout`).
     decoder_input_dropout: float = 0.0

@@ -416,13 +416,22 @@ def parse_mentions(caption: str, lang: str) -> list[tuple[str | None, str, str]]
 
 
 def named_attributes(ref: Ref, target: WorldObject) -> tuple[str | None, str | None, str | None]:
-    """Which of the target's (size, colour, shape) an attribute expression names, None where it does not:
-    "the large red object" -> ("large", "red", None); "星形" -> (None, None, "star")."""
+    """Which of the target's (size, colour, shape) an expression names about the target, None where it does not:
+    "the large red object" -> ("large", "red", None); "星形" -> (None, None, "star"). Only the target's own words
+    count: in a relation the anchor's are cut off ("the star above the green circle" -> (None, None, "star");
+    "绿色圆形上面的星形" likewise), in an ordinal the position words ("最左边的红色三角形" -> (None, "red", "triangle"))."""
+    text = ref.text
     if ref.lang == "en":
-        words = ref.text.split()
+        if ref.kind == "relation":  # "the <target> <rel> the <anchor>"
+            text = text[: min(i for i in (text.find(f" {r} ") for r in REL_EN.values()) if i >= 0)]
+        words = text.split()
         named = (target.size in words, target.colour in words, target.shape in words)
     else:  # "大的红色星形", "红色的物体", "星形"
-        text = ref.text
+        if ref.kind == "relation":  # "<anchor><rel>的<target>"
+            text = text[max(text.rfind(f"{r}的") + len(r) + 1 for r in REL_ZH.values() if f"{r}的" in text) :]
+        elif ref.kind == "ordinal":  # "最左边的<target>" / "从左数第二个<target>"
+            for prefix in (*_EXTREME_ZH.values(), *(f"{p}第二个" for p in _FROM_ZH.values())):
+                text = text.removeprefix(prefix)
         named = (
             text.startswith(SIZE_ZH[target.size]),
             COLOUR_ZH[target.colour] in text,
