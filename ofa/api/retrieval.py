@@ -10,9 +10,9 @@ are ordered again by the image-text-matching probability ``p(yes) / (p(yes) + p(
 (`ofa.tasks.itm`), ties broken by similarity.
 
 Reranking is off by default because it must earn its place per checkpoint: with the shipped world checkpoint it
-lowers text->image R@1 on 1,000 heldout scenes from 93.9 to 39.8 (Chinese) and from 94.9 to 48.6 (English), as
-`python bench/retrieval_rerank.py checkpoints/ofa-world-tiny --gallery-size 1000 --k 5` measured (2026-12-04):
-its image-text matching is weak (heldout ITM accuracy 69.0 % English, 65.2 % Chinese; chance is 50 %), while the
+lowers text->image R@1 on 1,000 heldout scenes from 97.3 to 54.4 (Chinese) and from 97.1 to 39.1 (English), as
+`python bench/retrieval_rerank.py checkpoints/ofa-world-tiny --gallery-size 1000 --k 5` measured (2026-12-05):
+its image-text matching is weak (heldout ITM accuracy 59.6 % English, 71.0 % Chinese; chance is 50 %), while the
 embedding alone already ranks well.
 """
 

@@ -16,10 +16,11 @@ Two paths meant to keep the attributes apart, the first by construction, the sec
 The two are concatenated channel-wise; the encoder's projection maps them to `d_model` as before. The jitter draws
 from torch's global RNG, which a training checkpoint saves (the resume test runs with this stem).
 
-Measured (`tasks/world/tiny.yaml` with `stem_colour_channels: 32, stem_colour_jitter: true`, 2026-12-03, model
-card): the stem's shape reading of held-out-pair objects rose (linear probe 0.947 vs 0.728) and the captions
-recalled more of them (0.574 vs 0.465), but seen pairs fell (0.800 vs 0.933) and grounding too, so within the
-30-minute budget the plain stem stays the recipe's choice.
+Measured (model card): with the recipe of 2026-12-03 the stem's shape reading of held-out-pair objects rose (linear
+probe 0.947 vs 0.728) but seen pairs and grounding fell. With the longer recipe of 2026-12-04 heldout captions rose
+from 0.866 / 0.874 to 0.917 / 0.928 (EN / ZH) but Chinese relation grounding fell; with the box query also told
+what relation and ordinal expressions name (`train.query_attribute_kinds`) it is in `tasks/world/tiny.yaml` since
+2026-12-05: captions 0.921 / 0.925, grounding 0.940 / 0.924 (with `train.seed=1` 0.883 / 0.885 and 0.834 / 0.806).
 """
 
 from __future__ import annotations
