@@ -48,7 +48,7 @@ def outcome(ious: list[float], target: int) -> str:
 
 
 def attribute_words(ref: Ref, target: WorldObject) -> str:
-    """Which of the target's size / colour / shape an attribute expression names, e.g. "size+shape"."""
+    """Which of the target's size / colour / shape an expression names about it, e.g. "size+shape"."""
     named = named_attributes(ref, target)
     return "+".join(kind for kind, value in zip(WORD_KINDS, named) if value is not None)
 
@@ -73,9 +73,8 @@ def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict
             keys.append((lang, f"{target.size} referent"))
             if ref.kind == "attribute":
                 keys.append((lang, "attribute: " + attribute_words(ref, target)))
-            if (
-                ref.kind == "ordinal"
-            ):  # "leftmost" / "second ... from the left", then the words about the referent
+            if ref.kind == "ordinal":
+                # "leftmost" / "second ... from the left", then the words about the referent
                 position = "second" if ("second" in ref.text or "第二" in ref.text) else "extreme"
                 keys.append((lang, f"ordinal: {position}, {attribute_words(ref, target) or 'object'}"))
             on_anchor = result_kind == "other" and ious.index(max(ious)) == ref.anchor_index

@@ -465,10 +465,10 @@ class OFALightningModule(pl.LightningModule):
         return total
 
     def query_attribute_loss_sum(self, batch: MicroBatch, query: Tensor) -> Tensor:
-        """Summed over the micro-batch's grounding samples with ``meta["named"]`` whose ``meta["kind"]`` is one of
-        ``train.query_attribute_kinds``: the cross entropy of `query_heads`
-        on one head's `query` (B, T, head_dim) at each box step for each attribute the expression names, averaged
-        over the sample's (step, attribute) pairs. Zero, with a graph, when no sample names one."""
+        """Summed over the micro-batch's grounding samples with ``meta["named"]`` whose ``meta["kind"]`` (absent:
+        attribute) is one of ``train.query_attribute_kinds``: the cross entropy of `query_heads` on one head's `query`
+        (B, T, head_dim) at each box step for each attribute the expression names, averaged over the sample's (step,
+        attribute) pairs. Zero, with a graph, when no sample names one."""
         b = batch.batch
         total = query.sum() * 0.0
         names = list(self.attribute_vocab)
