@@ -13,7 +13,13 @@ Grounding with strict bins: ``constraints=[TokenRange(bin_start, bin_end, exact_
 
 from .config import GenerationConfig
 from .constraints import Constraint, ConstraintSet, PrefixTrie, StepInfo, TokenRange
-from .logits import ban_ids_in_prefix, no_repeat_ngram_mask, step_log_probs, top_k_top_p_filter
+from .logits import (
+    ban_ids_in_prefix,
+    first_blocked_position,
+    no_repeat_ngram_mask,
+    step_log_probs,
+    top_k_top_p_filter,
+)
 from .search import (
     Hypothesis,
     Seq2SeqModel,
@@ -35,6 +41,7 @@ __all__ = [
     "TokenRange",
     "ban_ids_in_prefix",
     "beam_search",
+    "first_blocked_position",
     "fixed_length_greedy",
     "generate",
     "greedy_search",

@@ -13,6 +13,8 @@ decides the numbers, so it is kept in one place:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -45,6 +47,25 @@ def no_repeat_ngram_mask(prefix: Tensor, n: int, vocab_size: int) -> Tensor:
     target = torch.where(match, followers, torch.full_like(followers, vocab_size))
     banned.scatter_(1, target, True)
     return banned[:, :vocab_size]
+
+
+def first_blocked_position(tokens: Sequence[int], n: int, bos_id: int) -> int | None:
+    """Index of the first token of ``tokens`` that no-repeat-``n``-gram blocking would ban, or None.
+
+    The decoder's prefix is ``[bos] + tokens[:i]`` at step ``i`` (as in :func:`no_repeat_ngram_mask`). A target
+    with such a token cannot be written by a search with that ``no_repeat_ngram_size``: templated captions
+    ("a small red circle, a small blue star, ...") repeat 3-grams by design.
+    """
+    if n <= 0:
+        return None
+    seq = [bos_id, *tokens]
+    seen: set[tuple[int, ...]] = set()
+    for end in range(n, len(seq) + 1):
+        gram = tuple(seq[end - n : end])
+        if gram in seen:
+            return end - 2  # position in `tokens` of the n-gram's last token
+        seen.add(gram)
+    return None
 
 
 def ban_ids_in_prefix(scores: Tensor, prefix: Tensor) -> Tensor:

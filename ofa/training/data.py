@@ -159,6 +159,63 @@ def make_tasks(recipe: Recipe, tokenizer: Any, image_size: int, search: bool = F
     return tasks
 
 
+def blocked_targets_report(
+    dataset: MixtureDataset, search_tasks: dict[str, Task], samples: int = 64, min_fraction: float = 0.05
+) -> list[str]:
+    """One line per mixture component whose eval search could not write many of its training targets.
+
+    A search with ``no_repeat_ngram_size`` n bans any n-gram the prefix already holds. Natural captions rarely
+    repeat one (hence OFA's n = 3 for COCO), but templated targets do: the world's "a small red circle, a small
+    blue star and ..." repeats ", a small", so beam search had to write something else there ("two small blue
+    star"), and the periodic eval and the exported checkpoint scored that. The first ``samples`` training
+    targets of each component are checked; a component is reported when at least ``min_fraction`` of them
+    are blocked, with the recipe key to change and one blocked n-gram.
+    """
+    from ofa.generation import first_blocked_position
+
+    sizes = {task: t.generation_config().no_repeat_ngram_size for task, t in search_tasks.items()}
+    wanted = {i for i, c in enumerate(dataset.components) if sizes.get(c.task, 0) > 0}
+    # a bounded component (`size`) repeats its samples: check each once
+    limit = {i: min(samples, dataset.sizes[i] or samples) for i in wanted}
+    checked: dict[int, int] = dict.fromkeys(wanted, 0)
+    seen: set[tuple[int, int]] = set()
+    blocked: dict[int, list[tuple[list[int], int]]] = {i: [] for i in wanted}
+    g = 0
+    while any(checked[i] < limit[i] for i in wanted) and g < samples * len(dataset.components) * 8:
+        i = dataset.component(g)
+        source_index = g % dataset.sizes[i] if dataset.sizes[i] else g
+        if i in wanted and checked[i] < limit[i] and (i, source_index) not in seen:
+            seen.add((i, source_index))
+            example = dataset[g]
+            tokens = example.target[:-1]  # eos ends every target; the search adds it too
+            n = sizes[example.task]
+            pos = first_blocked_position(tokens, n, search_tasks[example.task].tokenizer.bos_id)
+            checked[i] += 1
+            if pos is not None:
+                blocked[i].append((tokens, pos))
+        g += 1
+    lines = []
+    for i in sorted(wanted):
+        comp, hits = dataset.components[i], blocked[i]
+        if not checked[i] or len(hits) < min_fraction * checked[i]:
+            continue
+        n = sizes[comp.task]
+        tokens, pos = hits[0]
+        tokenizer = search_tasks[comp.task].tokenizer
+        gram = (
+            tokenizer.decode(tokens[pos - n + 1 : pos + 1])
+            if pos >= n - 1
+            else tokenizer.decode(tokens[: pos + 1])
+        )
+        lines.append(
+            f"eval.search.{comp.task}.no_repeat_ngram_size={n} blocks {len(hits)} of the first {checked[i]} "
+            f"{comp.task}/{comp.lang} training targets (e.g. {gram!r} repeats in {tokenizer.decode(tokens)!r}): "
+            f"beam search cannot write them; set eval.search.{comp.task}.no_repeat_ngram_size: 0 if repeats are "
+            "part of the targets' grammar"
+        )
+    return lines
+
+
 class MixtureDataset(Dataset):
     """Map-style dataset over the global sample index; `dataset[g]` is deterministic in (seed, g)."""
 

@@ -30,7 +30,13 @@ from ofa.tokenization.image import IMAGE_TOKENIZER_DIR
 from ofa.tokenization.text import TokenizerError
 
 from .callbacks import CHECKPOINT_PATTERN, AtomicCheckpointIO, PeriodicEval, latest_checkpoint
-from .data import MixtureDataModule, image_tokenizer_path, load_recipe_image_tokenizer, make_tasks
+from .data import (
+    MixtureDataModule,
+    blocked_targets_report,
+    image_tokenizer_path,
+    load_recipe_image_tokenizer,
+    make_tasks,
+)
 from .memory import keep_freed_memory
 from .module import OFALightningModule, unmatched_prefixes
 from .recipe import (
@@ -231,10 +237,7 @@ def _pretrain_stem(
     t = recipe.train
     use_cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
-    rank_zero = (
-        int(os.environ.get("RANK", os.environ.get("NODE_RANK", 0))) == 0
-        and int(os.environ.get("LOCAL_RANK", 0)) == 0
-    )
+    rank_zero = _is_rank_zero()
     summary = pretrain_stem(
         model.encoder.embed_images,
         datamodule.world,
@@ -246,6 +249,16 @@ def _pretrain_stem(
     )
     if rank_zero:
         write_summary(summary, output_dir)
+
+
+def _is_rank_zero() -> bool:
+    """Before Lightning sets up the processes: rank 0 of node 0 by the launcher's environment."""
+    import os
+
+    return (
+        int(os.environ.get("RANK", os.environ.get("NODE_RANK", 0))) == 0
+        and int(os.environ.get("LOCAL_RANK", 0)) == 0
+    )
 
 
 def train(recipe: Recipe, callbacks: list[pl.Callback] | None = None) -> TrainResult:
@@ -283,6 +296,10 @@ def _train(recipe: Recipe, callbacks: list[pl.Callback] | None) -> TrainResult:
     image_size = recipe.data.image_size or model.config.image_size
     datamodule = MixtureDataModule(recipe, tokenizer, image_size)
     check_text_to_image(recipe, datamodule.tasks, model.config)
+    search_tasks = make_tasks(recipe, tokenizer, image_size, search=True)
+    if _is_rank_zero():
+        for line in blocked_targets_report(datamodule.dataset, search_tasks):
+            print(f"warning: {recipe.source}: {line}")
 
     output_dir = Path(t.output_dir).expanduser()
     checkpoint_dir = output_dir / "checkpoints"
@@ -310,7 +327,7 @@ def _train(recipe: Recipe, callbacks: list[pl.Callback] | None) -> TrainResult:
         all_callbacks.append(
             PeriodicEval(
                 t.eval_every,
-                make_tasks(recipe, tokenizer, image_size, search=True),
+                search_tasks,
                 datamodule.world,
                 components,
                 recipe.eval.split,
