@@ -11,7 +11,10 @@ matched as multisets like object-F1):
   compositional error: a seen pair written instead of the unseen one);
 * `missed`: neither (left out, or colour / size wrong).
 
-Rows split objects into held-out pairs and seen pairs. The checkpoint's caption search is used (`OFA.caption`).
+Rows split objects into held-out pairs and seen pairs. A second table counts the captions that name more (or
+fewer) objects than the scene holds: a search that cannot write the canonical caption (a 3-gram ban, where world
+captions repeat ", a small") wrote "two small blue star" for one star. The checkpoint's caption search is used
+(`OFA.caption`); `--no-repeat-ngram-size N` overrides its n-gram ban.
 """
 
 from __future__ import annotations
@@ -26,17 +29,24 @@ from ofa.data.world.language import parse_mentions
 from ofa.data.world.vocab import HELDOUT_PAIRS
 
 
-def breakdown(checkpoint: str, split: str, scenes: int, batch_size: int) -> dict[tuple[str, str], Counter]:
-    """(lang, "held-out pair" | "seen pair") -> Counter of n / recalled / swapped / missed."""
+def breakdown(
+    checkpoint: str, split: str, scenes: int, batch_size: int, search: dict | None = None
+) -> dict[tuple[str, str], Counter]:
+    """(lang, "held-out pair" | "seen pair") -> Counter of n / recalled / swapped / missed; (lang, "captions")
+    -> Counter of n / more / fewer (mentions against the scene's objects)."""
     model = OFA.from_pretrained(checkpoint)
     world = World(seed=0, image_size=model.image_size)
     items = list(world.iter(split, scenes))
     held = set(HELDOUT_PAIRS)
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for lang in ("en", "zh"):
-        results = model.caption([s.image for s in items], lang=lang, batch_size=batch_size)
+        results = model.caption([s.image for s in items], lang=lang, batch_size=batch_size, **(search or {}))
         for scene, result in zip(items, results):
             mentions = Counter(parse_mentions(result.text, lang))
+            named = sum(mentions.values())
+            counts[(lang, "captions")]["n"] += 1
+            counts[(lang, "captions")]["more"] += named > len(scene.objects)
+            counts[(lang, "captions")]["fewer"] += named < len(scene.objects)
             # exact matches first, so a swap is only counted for objects no mention covers
             pending = []
             for o in scene.objects:
@@ -69,10 +79,14 @@ def main() -> None:
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--no-repeat-ngram-size", type=int, default=None, help="override the checkpoint's caption search"
+    )
     args = parser.parse_args()
+    search = {} if args.no_repeat_ngram_size is None else {"no_repeat_ngram_size": args.no_repeat_ngram_size}
     for checkpoint in args.checkpoints:
         start = time.perf_counter()
-        counts = breakdown(checkpoint, args.split, args.scenes, args.batch_size)
+        counts = breakdown(checkpoint, args.split, args.scenes, args.batch_size, search)
         print(
             f"\n{checkpoint}, split {args.split}, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)\n"
         )
@@ -86,6 +100,12 @@ def main() -> None:
                     f"| {lang} | {kind} | {c['n']} | {c['recalled'] / n:.3f} | {c['swapped'] / n:.3f} "
                     f"| {c['missed'] / n:.3f} |"
                 )
+        print("\n| lang | captions | naming more objects than the scene holds | naming fewer |")
+        print("|---|---|---|---|")
+        for lang in ("en", "zh"):
+            c = counts[(lang, "captions")]
+            n = max(1, c["n"])
+            print(f"| {lang} | {c['n']} | {c['more'] / n:.3f} | {c['fewer'] / n:.3f} |")
 
 
 if __name__ == "__main__":
