@@ -103,3 +103,22 @@ def test_a_three_gram_ban_is_reported_for_both_caption_languages() -> None:
     assert all(line.startswith("eval.search.caption.no_repeat_ngram_size=3 blocks ") for line in lines)
     assert "caption/en training targets" in lines[0] and "caption/zh training targets" in lines[1]
     assert all("set eval.search.caption.no_repeat_ngram_size: 0" in line for line in lines)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_shipped_checkpoint_captions_name_each_object_once(lang: str) -> None:
+    """With the search of its recipe.yaml, the shipped model names as many objects as each `val` scene holds
+    (under the 3-gram ban about one caption in ten named one more: "two small black diamond")."""
+    from ofa import OFA
+    from ofa.data.world import World
+    from ofa.data.world.language import parse_mentions
+
+    model = OFA.from_pretrained(REPO / "checkpoints/ofa-world-tiny")
+    scenes = list(World(seed=0, image_size=model.image_size).iter("val", 40))
+    results = model.caption([s.image for s in scenes], lang=lang, batch_size=40)
+    wrong = [
+        (r.text, len(s.objects))
+        for s, r in zip(scenes, results)
+        if len(parse_mentions(r.text, lang)) != len(s.objects)
+    ]
+    assert wrong == []
