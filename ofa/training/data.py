@@ -202,11 +202,7 @@ def blocked_targets_report(
         n = sizes[comp.task]
         tokens, pos = hits[0]
         tokenizer = search_tasks[comp.task].tokenizer
-        gram = (
-            tokenizer.decode(tokens[pos - n + 1 : pos + 1])
-            if pos >= n - 1
-            else tokenizer.decode(tokens[: pos + 1])
-        )
+        gram = tokenizer.decode(tokens[max(0, pos - n + 1) : pos + 1])  # bos, if in the n-gram, is not shown
         lines.append(
             f"eval.search.{comp.task}.no_repeat_ngram_size={n} blocks {len(hits)} of the first {checked[i]} "
             f"{comp.task}/{comp.lang} training targets (e.g. {gram!r} repeats in {tokenizer.decode(tokens)!r}): "

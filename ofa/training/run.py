@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,8 +231,6 @@ def _pretrain_stem(
     recipe: Recipe, model: OFAModel, datamodule: MixtureDataModule, image_size: int, output_dir: Path
 ) -> None:
     """The `stem_pretrain` stage, identical on every process (DDP then starts from rank 0's copy anyway)."""
-    import os
-
     from .stem_pretrain import pretrain_stem, write_summary
 
     t = recipe.train
@@ -253,8 +252,6 @@ def _pretrain_stem(
 
 def _is_rank_zero() -> bool:
     """Before Lightning sets up the processes: rank 0 of node 0 by the launcher's environment."""
-    import os
-
     return (
         int(os.environ.get("RANK", os.environ.get("NODE_RANK", 0))) == 0
         and int(os.environ.get("LOCAL_RANK", 0)) == 0
